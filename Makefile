@@ -1,0 +1,30 @@
+# Two entry points: `make run` (the main job) and `make test` (the test suite).
+# Both create the virtual environment in .venv when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard apprentice/protos/*.proto)
+
+.PHONY: run test bench protos clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The cogment SDK declares Python<3.11 and old grpcio/protobuf pins; it runs fine on the
+	# versions above, so install it on its own, without its declared dependencies.
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python cogment==2.10.1
+	touch $@
+
+# The project's own protobuf messages, generated from apprentice/protos/*.proto.
+protos: $(BIN)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. $(PROTOS)
+
+run: $(BIN)/.installed protos
+	$(BIN)/python -m main
+
+test: $(BIN)/.installed protos
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Apprentice: human-in-the-loop imitation learning on Cogment."""

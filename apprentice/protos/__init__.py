@@ -1,0 +1,1 @@
+"""The project's own protobuf messages; ``make protos`` generates ``*_pb2.py`` from the ``.proto`` files."""

@@ -1,0 +1,63 @@
+"""Small pieces shared by every service: Version/Status answers and metadata reading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import grpc
+from cogment.api import common_pb2
+
+
+SERVICE_NAME = "apprentice"
+SERVICE_VERSION = "0.1.0"
+
+# Every message of the Cogment API must stay below the 4 MiB default receive limit of the SDK;
+# our own servers accept a little more so that an oversized message gets a clear error from the
+# service instead of a transport failure.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def version_info() -> common_pb2.VersionInfo:
+    """What the official services report: a list of (name, version) pairs."""
+    return common_pb2.VersionInfo(
+        versions=[
+            common_pb2.VersionInfo.Version(name=SERVICE_NAME, version=SERVICE_VERSION),
+            common_pb2.VersionInfo.Version(name="grpc", version=grpc.__version__),
+        ]
+    )
+
+
+def status_reply(request: common_pb2.StatusRequest, statuses: Mapping[str, str] | None = None) -> common_pb2.StatusReply:
+    """Answer a Status request the way the official services do.
+
+    ``"*"`` asks for every known status; unknown names are left out. ``overall_load`` is always known.
+    """
+    known = {"overall_load": "0", **(statuses or {})}
+    reply = common_pb2.StatusReply()
+    for name in request.names:
+        if name == "*":
+            reply.statuses.update(known)
+            break
+        if name in known:
+            reply.statuses[name] = known[name]
+    return reply
+
+
+def metadata_values(context: grpc.aio.ServicerContext, key: str) -> list[str]:
+    """All values of a (possibly repeated) metadata key, in order.
+
+    The SDK controller sends one ``trial-id`` entry per trial, so metadata must not be read as a dict.
+    """
+    return [value for name, value in (context.invocation_metadata() or ()) if name == key]
+
+
+def single_metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    values = metadata_values(context, key)
+    return values[-1] if values else None
+
+
+def server_options() -> Iterable[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]

@@ -1,0 +1,14 @@
+"""The orchestrator: runs trials (TrialLifecycleSP) and lets client actors join them (ClientActorSP).
+
+- ``params``: checks TrialParams before a trial exists.
+- ``trial``: one trial's state machine and tick loop.
+- ``components``: per-trial state of the environment and of each actor.
+- ``streams``: one bidirectional gRPC stream with ordered, non-blocking sends.
+- ``datalog``: the samples of a trial, buffered and sent to a DatalogSP.
+- ``table``: the trials of this orchestrator, their watchers, stale-trial and clean-up checks.
+- ``lifecycle`` and ``client_actors``: the two gRPC servicers.
+"""
+
+from apprentice.services.orchestrator.table import Orchestrator
+
+__all__ = ["Orchestrator"]
