@@ -115,6 +115,7 @@ class Orchestrator:
         await asyncio.gather(
             *(trial.hard_terminate("Orchestrator shutting down") for trial in running), return_exceptions=True
         )
+        await asyncio.gather(*(trial.wait_closed() for trial in self.trials.values()), return_exceptions=True)
         if self._maintenance is not None:
             self._maintenance.cancel()
         if self._channels is not None:

@@ -561,7 +561,7 @@ class Trial:
                 log.warning("Trial %s: actor %r did not acknowledge the end of the trial", self.id, actor.name)
 
         await asyncio.gather(*(wait_for_actor(actor) for actor in engaged))
-        await self._close_components(details)
+        self._close_components(details)
         await self._finish(details or "normal end")
 
     async def hard_terminate(self, details: str, special_event: str | None = None) -> None:
@@ -579,25 +579,34 @@ class Trial:
                 events.append(special_event)
             events.append(f"Forced termination: {details}")
         self.set_state(TERMINATING)
-        await self._close_components(details)
+        self._close_components(details)
         await self._finish(details)
 
-    async def _close_components(self, details: str) -> None:
+    def _close_components(self, details: str) -> None:
+        """END to every connected component; their streams finish in the background."""
         end_for_environment = environment_pb2.EnvRunTrialInput(state=END, details=details) if details else environment_pb2.EnvRunTrialInput(state=END)
         end_for_actor = common_pb2.ActorRunTrialInput(state=END, details=details) if details else common_pb2.ActorRunTrialInput(state=END)
-        closing = []
         if self.environment.connection is not None:
             self.environment.send(end_for_environment)
-            closing.append(self.environment.connection.finish())
+            self._spawn(self.environment.connection.finish())
         for actor in self.actors:
-            if actor.connection is not None and actor.status is not ActorStatus.DISENGAGED:
-                actor.send(end_for_actor)
-                closing.append(actor.connection.finish())
-        await asyncio.gather(*closing)
-        for actor in self.actors:
-            actor.released.set()
             if actor.joined is not None and not actor.joined.done():
                 actor.joined.cancel()
+            if actor.connection is not None and actor.status is not ActorStatus.DISENGAGED:
+                actor.send(end_for_actor)
+                self._spawn(self._release_after_finish(actor))
+            else:
+                actor.released.set()
+
+    async def _release_after_finish(self, actor: ActorSlot) -> None:
+        await actor.connection.finish()
+        actor.released.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until every stream of this trial is finished (used at shutdown)."""
+        await self.ended.wait()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _finish(self, reason: str) -> None:
         if self.state == ENDED:

@@ -1,0 +1,96 @@
+"""Start Apprentice's gRPC servers as child processes and stop them again.
+
+Each server (the Cogment services, the environment and actor components) runs in its own process
+so that a 2-core machine runs them side by side. A child prints one line with its
+``grpc://HOST:PORT`` once it listens; that line is how the parent learns the port, so ``--port 0``
+works without races.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+READY_LINE = re.compile(r"grpc://[^\s:]+:(\d+)")
+
+
+@dataclass
+class ChildServer:
+    name: str
+    process: subprocess.Popen
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL if it has not stopped after ``timeout`` s; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_module(name: str, module: str, args: list[str], log_path: Path, ready_timeout: float = 60.0) -> ChildServer:
+    """``python -m module *args`` with stderr (and stdout after the ready line) appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "a")  # noqa: SIM115 - handed to the child and the drain thread
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        port = _wait_for_ready_line(process, ready_timeout)
+    except RuntimeError as error:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        log_file.close()
+        raise RuntimeError(f"{name} did not start: {error}\n--- {log_path} ---\n{_tail(log_path)}") from None
+    # Keep reading the child's stdout so that it can never block on a full pipe.
+    threading.Thread(target=shutil.copyfileobj, args=(process.stdout, log_file), daemon=True).start()
+    return ChildServer(name, process, port)
+
+
+def _wait_for_ready_line(process: subprocess.Popen, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no ready line within {timeout:g} s")
+            if not selector.select(remaining):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"exited with code {process.wait()}")
+            match = READY_LINE.search(line)
+            if match:
+                return int(match.group(1))
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
