@@ -35,10 +35,13 @@ class RunningServices:
         return f"grpc://127.0.0.1:{self.port}"
 
     async def stop(self, grace: float = 2.0) -> None:
+        # Trials first: their last samples go to the datastore, which is still serving. Then the
+        # long-lived streams (live sample reads, version watches) end at once instead of holding
+        # the server for its whole grace period.
         await self.orchestrator.close()
-        await self.server.stop(grace)
-        await self.datastore.close()
         await self.model_registry.close()
+        await self.datastore.close()
+        await self.server.stop(grace)
 
 
 async def start_services(
