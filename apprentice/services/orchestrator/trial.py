@@ -128,6 +128,7 @@ class Trial:
         self._final_observation_received = False
         self._tasks: set[asyncio.Task] = set()
         self._startup: asyncio.Task | None = None
+        self._soft_end: asyncio.Task | None = None
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -331,7 +332,7 @@ class Trial:
             if self.state == RUNNING:
                 sample.info.special_events.append("Evironment ended trial")  # (sic) the official wording
                 self.set_state(TERMINATING)
-            self._spawn(self._end_softly(observation_set))
+            self._soft_end = self._spawn(self._end_softly(observation_set))
             return
 
         self._tick_actions = [None] * len(self.actors)
@@ -569,8 +570,9 @@ class Trial:
         if self.state == ENDED or self.end_reason:
             return
         self.end_reason = details
-        if self._startup is not None and self._startup is not asyncio.current_task():
-            self._startup.cancel()
+        for task in (self._startup, self._soft_end):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         for timer in self._timers:
             timer.cancel()
         if self.datalog.samples:

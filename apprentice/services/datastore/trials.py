@@ -1,0 +1,277 @@
+"""The datastore's state: the trials, their counters, and waiting for new trials and samples.
+
+Everything here runs on the service's event loop, so no locks are needed. The list of trials lives
+in memory (it is small: ids, params, counters); samples go to a ``Storage`` backend.
+
+When is a trial over, so that live readers stop waiting for more samples?
+
+* its last sample has state ENDED (the orchestrator's final sample), or
+* the datalog stream that fed it closed without an ENDED sample (the orchestrator died or the
+  connection was cut: nobody can add to it any more), or
+* it was loaded from disk at start without an ENDED sample (a previous process stopped or crashed
+  during the trial).
+
+Such an unfinished trial keeps its stored samples and its last state (e.g. RUNNING); it is
+"interrupted". Sending TrialParams again for the same id (a new datalog stream, or AddTrial)
+reopens it for new samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from cogment.api import common_pb2, trial_datastore_pb2
+
+from apprentice.services.datastore.storage import Storage, TrialRow
+
+log = logging.getLogger(__name__)
+
+ENDED = common_pb2.TrialState.ENDED
+
+
+class UnknownTrialError(LookupError):
+    def __init__(self, trial_id: str) -> None:
+        super().__init__(trial_id)
+        self.trial_id = trial_id
+
+
+class DatastoreClosedError(RuntimeError):
+    """The datastore is shutting down."""
+
+
+class Notifier:
+    """Wakes every coroutine waiting on it. Costs nothing when nobody waits (the per-sample case)."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def notify(self) -> None:
+        if self._waiters:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
+
+
+async def wait_any(notifiers: Iterable[Notifier], timeout: float | None = None) -> None:
+    """Return at the next notification of any of ``notifiers``, or after ``timeout`` seconds."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    notifiers = list(notifiers)
+    for notifier in notifiers:
+        notifier._waiters.add(waiter)
+    try:
+        if timeout is None:
+            await waiter
+        else:
+            await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        for notifier in notifiers:
+            notifier._waiters.discard(waiter)
+        waiter.cancel()
+
+
+@dataclass(eq=False)
+class Trial:
+    seq: int  # creation order; also what trial handles count in
+    trial_id: str
+    user_id: str
+    params: common_pb2.TrialParams
+    last_state: int = common_pb2.TrialState.UNKNOWN
+    samples_count: int = 0
+    interrupted: bool = False  # nobody can add samples any more (see module docstring)
+    deleted: bool = False
+    changed: Notifier = field(default_factory=Notifier)  # new sample, interruption, deletion
+
+    @property
+    def ended(self) -> bool:
+        return self.last_state == ENDED
+
+    @property
+    def finished(self) -> bool:
+        """No sample will be added: live readers stop after the stored ones."""
+        return self.ended or self.interrupted or self.deleted
+
+    def info(self) -> trial_datastore_pb2.StoredTrialInfo:
+        return trial_datastore_pb2.StoredTrialInfo(
+            trial_id=self.trial_id,
+            last_state=self.last_state,
+            user_id=self.user_id,
+            samples_count=self.samples_count,
+            params=self.params,
+        )
+
+    def row(self) -> TrialRow:
+        return TrialRow(
+            self.seq, self.trial_id, self.user_id, self.params.SerializeToString(), self.last_state, self.samples_count
+        )
+
+
+class TrialStore:
+    """Trials in creation order, samples through the backend, and the waits of live readers."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._by_id: dict[str, Trial] = {}
+        self._ordered: list[Trial] = []  # by seq, deleted trials removed
+        self._trials_changed = Notifier()
+        self._closed = Notifier()
+        self.closing = False
+        for row in storage.load_trials():
+            trial = Trial(
+                seq=row.seq,
+                trial_id=row.trial_id,
+                user_id=row.user_id,
+                params=common_pb2.TrialParams.FromString(row.params),
+                last_state=row.last_state,
+                samples_count=row.samples_count,
+            )
+            trial.interrupted = not trial.ended  # from a previous process: see module docstring
+            self._add(trial)
+        self._next_seq = self._ordered[-1].seq + 1 if self._ordered else 0
+
+    def _add(self, trial: Trial) -> None:
+        self._by_id[trial.trial_id] = trial
+        self._ordered.append(trial)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def create_or_update(self, trial_id: str, user_id: str, params: common_pb2.TrialParams) -> Trial:
+        """A new trial, or new params and user id for an existing one (its samples are kept)."""
+        self._check_open()
+        trial = self._by_id.get(trial_id)
+        if trial is None:
+            trial = Trial(seq=self._next_seq, trial_id=trial_id, user_id=user_id, params=params)
+            self._next_seq += 1
+            self._add(trial)
+        else:
+            trial.user_id = user_id
+            trial.params = params
+            trial.interrupted = False
+        self._storage.save_trial(trial.row())
+        self._trials_changed.notify()
+        return trial
+
+    def append(self, trial: Trial, sample: bytes, state: int) -> None:
+        """Store a serialized StoredTrialSample; the hot path, once per tick of every trial."""
+        self._check_open()
+        if trial.deleted:
+            return  # deleted by a user while still being logged: the user asked for it to go
+        self._storage.append_sample(trial.seq, trial.samples_count, sample, state)
+        trial.samples_count += 1
+        trial.last_state = state
+        trial.changed.notify()
+
+    def interrupt(self, trial: Trial) -> None:
+        """The only writer of ``trial`` is gone; if it did not end, readers must stop waiting."""
+        if not trial.ended and not trial.interrupted:
+            trial.interrupted = True
+            trial.changed.notify()
+
+    def delete(self, trial_ids: Iterable[str]) -> None:
+        self._check_open()
+        for trial_id in trial_ids:
+            trial = self._by_id.pop(trial_id, None)
+            if trial is None:
+                continue
+            trial.deleted = True
+            self._ordered.remove(trial)
+            self._storage.delete_trial(trial.seq)
+            trial.changed.notify()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, trial_id: str) -> Trial:
+        trial = self._by_id.get(trial_id)
+        if trial is None:
+            raise UnknownTrialError(trial_id)
+        return trial
+
+    def select(self, trial_ids: Iterable[str], properties: Mapping[str, str], start_seq: int) -> Iterator[Trial]:
+        """Trials from ``start_seq`` on, in creation order, with these ids (if any) and properties."""
+        trial_ids = list(trial_ids)
+        if trial_ids:
+            candidates = sorted(
+                {self._by_id[trial_id] for trial_id in trial_ids if trial_id in self._by_id},
+                key=lambda trial: trial.seq,
+            )
+        else:
+            start = bisect.bisect_left(self._ordered, start_seq, key=lambda trial: trial.seq)
+            candidates = self._ordered[start:]
+        for trial in candidates:
+            if trial.seq >= start_seq and all(
+                trial.params.properties.get(key) == value for key, value in properties.items()
+            ):
+                yield trial
+
+    async def retrieve_trials(
+        self,
+        trial_ids: list[str],
+        properties: Mapping[str, str],
+        start_seq: int,
+        count: int,
+        timeout: float,
+    ) -> list[Trial]:
+        """Up to ``count`` (0 = all) matching trials; with a timeout, wait for trials yet to come.
+
+        The wait ends as soon as ``count`` trials (or every requested id) are there; on expiry
+        whatever was found is returned. ``count = 0`` without ids waits the full timeout.
+        """
+        wanted = count
+        if trial_ids:
+            distinct = len(set(trial_ids))
+            wanted = min(count, distinct) if count else distinct
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            found = list(itertools.islice(self.select(trial_ids, properties, start_seq), count or None))
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or (wanted and len(found) >= wanted) or self.closing:
+                return found
+            await wait_any([self._trials_changed, self._closed], remaining)
+
+    async def follow_samples(self, trials: list[Trial]) -> AsyncIterator[tuple[Trial, bytes]]:
+        """Every sample of ``trials`` from the first, then the new ones until each trial is finished.
+
+        Trials are served round-robin, a batch at a time. Raises DatastoreClosedError if the
+        datastore shuts down before the trials are finished.
+        """
+        cursors = {trial: 0 for trial in trials}
+        while cursors:
+            self._check_open()
+            idle: list[Trial] = []
+            for trial, cursor in list(cursors.items()):
+                if trial.deleted:
+                    del cursors[trial]
+                elif cursor < trial.samples_count:
+                    self._check_open()  # the backend's readers stop at close
+                    batch = await self._storage.read_samples(trial.seq, cursor, trial.samples_count)
+                    if not batch and not trial.deleted:
+                        raise RuntimeError(f"samples {cursor}.. of trial {trial.trial_id!r} are missing")
+                    cursors[trial] = cursor + len(batch)
+                    for sample in batch:
+                        yield trial, sample
+                elif trial.finished:
+                    del cursors[trial]
+                else:
+                    idle.append(trial)
+            # Wait only if no trial had anything: then no await happened since they were checked.
+            if cursors and len(idle) == len(cursors):
+                await wait_any([trial.changed for trial in idle] + [self._closed])
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise DatastoreClosedError()
+
+    async def close(self) -> None:
+        """Wake every waiting reader (they end with UNAVAILABLE), then flush the backend."""
+        if self.closing:
+            return
+        self.closing = True
+        self._closed.notify()
+        await self._storage.close()
