@@ -1,0 +1,1 @@
+"""Cogment actor implementations (classes ``player`` and ``teacher``, see ``apprentice.cog_settings``)."""

@@ -1,0 +1,1 @@
+"""Cogment environment implementations; ``python -m environments`` serves them with the actors."""

@@ -1,0 +1,3 @@
+from environments.serve import main
+
+main()

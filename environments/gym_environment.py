@@ -1,0 +1,161 @@
+"""A Cogment environment that runs any gymnasium environment, chosen per trial.
+
+The trial's ``EnvironmentConfig`` says which env (``env_id``), how to build it
+(``make_kwargs_json``), how to seed it and whether to render frames. One service can therefore run
+MountainCar in one trial and a MuJoCo task in the next.
+
+Actors, by class (see ``apprentice.cog_settings``):
+
+* exactly one ``player``: its action is performed unless the teacher takes over; it gets the reward;
+* at most one ``teacher``: a value takes over for this tick, a NO-OP (or an action outside the
+  action space, or no action at all) leaves the player in control.
+
+Every actor receives the same ``Observation``. The trial ends when gymnasium says terminated or
+truncated, or when the orchestrator asks (``max_steps``, terminate request).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+
+import cogment
+import gymnasium
+import numpy as np
+from cogment.environment import EnvironmentSession
+from cogment.session import ActorInfo, RecvAction
+
+from apprentice.cog_settings import PLAYER_ACTOR_CLASS, TEACHER_ACTOR_CLASS
+from apprentice.protos.data_pb2 import EnvironmentConfig, Observation
+from apprentice.spaces import GymAction, InvalidAction, gym_action, is_noop, parse_make_kwargs, tensor_from_array
+
+# classic-control renders through pygame, which needs a display unless told otherwise.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_NAME = "gym"
+
+# Rendered frames are JPEG: browsers decode it natively and it is small and fast. A 600x400
+# MountainCar frame is 720 kB raw, ~9 kB as JPEG (~1 ms to encode); PNG is ~12 kB but ~5 ms.
+JPEG_QUALITY = 75
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Where the player and the (optional) teacher sit in the trial's actor list."""
+
+    player_index: int
+    player_name: str
+    teacher_index: int | None
+
+
+@dataclass
+class TrialStats:
+    """Per-trial counters, logged when the trial ends."""
+
+    steps: int = 0
+    teacher_takeovers: int = 0
+    invalid_teacher_actions: int = 0
+
+
+def find_roles(actors: list[ActorInfo]) -> Roles:
+    """Check the trial has one player and at most one teacher, and locate them."""
+    players = [(i, a.actor_name) for i, a in enumerate(actors) if a.actor_class_name == PLAYER_ACTOR_CLASS]
+    teachers = [i for i, a in enumerate(actors) if a.actor_class_name == TEACHER_ACTOR_CLASS]
+    if len(players) != 1 or len(teachers) > 1:
+        raise ValueError(
+            f"a gym trial needs exactly one '{PLAYER_ACTOR_CLASS}' and at most one '{TEACHER_ACTOR_CLASS}', "
+            f"got {[(a.actor_name, a.actor_class_name) for a in actors]}"
+        )
+    (player_index, player_name), = players
+    return Roles(player_index, player_name, teachers[0] if teachers else None)
+
+
+def make_env(config: EnvironmentConfig) -> gymnasium.Env:
+    """``gymnasium.make`` with the trial's kwargs, rendering to arrays when frames are requested."""
+    if not config.env_id:
+        raise ValueError("EnvironmentConfig.env_id is empty: the trial must say which gymnasium env to run")
+    kwargs = parse_make_kwargs(config.make_kwargs_json)
+    if config.render:
+        kwargs["render_mode"] = "rgb_array"
+    return gymnasium.make(config.env_id, **kwargs)
+
+
+def encode_frame(frame: np.ndarray) -> bytes:
+    """An RGB ``uint8`` frame of shape (H, W, 3) as JPEG bytes."""
+    from PIL import Image  # only needed when rendering
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def make_observation(gym_observation: object, env: gymnasium.Env, render: bool) -> Observation:
+    observation = Observation(value=tensor_from_array(gym_observation))
+    if render:
+        observation.rendered_frame = encode_frame(env.render())
+    return observation
+
+
+def performed_action(
+    actions: list[RecvAction], roles: Roles, action_space: gymnasium.Space, stats: TrialStats
+) -> GymAction:
+    """The teacher's action when it took over with a valid one, otherwise the player's."""
+    if roles.teacher_index is not None:
+        teacher_action = actions[roles.teacher_index].action  # None if the teacher was unavailable
+        if not is_noop(teacher_action):
+            try:
+                value = gym_action(teacher_action, action_space)
+                stats.teacher_takeovers += 1
+                return value
+            except InvalidAction as error:
+                # A teacher (possibly a human in a browser) sending garbage must not end the trial.
+                stats.invalid_teacher_actions += 1
+                log.debug("Teacher action ignored (counted as NO-OP): %s", error)
+
+    player_action = actions[roles.player_index].action
+    if is_noop(player_action):
+        raise ValueError("the player did not act and the teacher did not take over: nothing to perform")
+    # Out-of-bounds continuous actions are clipped, other invalid actions end the trial with an error.
+    return gym_action(player_action, action_space, clip=True)
+
+
+async def impl(environment_session: EnvironmentSession) -> None:
+    """Run one trial: reset, then one ``env.step`` per action set until the episode or trial ends."""
+    config: EnvironmentConfig = environment_session.config or EnvironmentConfig()
+    roles = find_roles(environment_session.get_active_actors())
+    stats = TrialStats()
+    env = make_env(config)
+    try:
+        gym_observation, _info = env.reset(seed=config.seed)
+        environment_session.start([("*", make_observation(gym_observation, env, config.render))])
+
+        ended = False
+        async for event in environment_session.all_events():
+            if not event.actions or ended:
+                continue  # messages, or the FINAL event
+            action = performed_action(event.actions, roles, env.action_space, stats)
+            gym_observation, reward, terminated, truncated, _info = env.step(action)
+            stats.steps += 1
+
+            observations = [("*", make_observation(gym_observation, env, config.render))]
+            environment_session.add_reward(value=float(reward), confidence=1.0, to=[roles.player_name])
+            if terminated or truncated or event.type == cogment.EventType.ENDING:
+                environment_session.end(observations)
+                ended = True
+            else:
+                environment_session.produce_observations(observations)
+    finally:
+        env.close()
+
+    log.info(
+        "Trial %s (%s): %d steps, teacher took over %d times, %d invalid teacher actions",
+        environment_session.get_trial_id(),
+        config.env_id,
+        stats.steps,
+        stats.teacher_takeovers,
+        stats.invalid_teacher_actions,
+    )
