@@ -22,18 +22,21 @@ class ClientActorServicer(orchestrator_pb2_grpc.ClientActorSPServicer):
 
     async def RunTrial(self, request_iterator, context: grpc.aio.ServicerContext):
         trial_id = single_metadata_value(context, "trial-id")
-        if not trial_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no trial-id metadata: say which trial to join")
-        trial = self.orchestrator.trials.get(trial_id)
-        if trial is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown trial {trial_id!r}: start it before joining")
-
         connection = Connection(context, f"client actor of trial {trial_id}")
+        # Read the client's first message before refusing anything: aborting while the SDK is
+        # still sending it would turn our clear error into a transport-level INTERNAL.
         try:
             selection = await self._read_slot_selection(connection)
         except (StreamClosed, ValueError) as error:
             connection.abort()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if not trial_id:
+            connection.abort()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no trial-id metadata: say which trial to join")
+        trial = self.orchestrator.trials.get(trial_id)
+        if trial is None:
+            connection.abort()
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown trial {trial_id!r}: start it before joining")
         try:
             slot = trial.find_client_slot(selection.actor_name, selection.actor_class)
         except JoinRefused as refused:
