@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from apprentice import cog_settings
-from apprentice.launcher import ChildServer, start_module
+from apprentice.launcher import ChildServer, start_python
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig
 from apprentice.spaces import environment_specs
 
@@ -33,12 +33,12 @@ def child_servers(cfg: DictConfig, log_dir: Path):
         services_endpoint = cfg.services.orchestrator_endpoint
         if services_endpoint is None:
             args = ["--port", str(cfg.services.port), "--host", cfg.services.host, "--data-dir", str(Path(cfg.data_dir).absolute())]
-            started.append(start_module("Cogment services", "apprentice.services", args, log_dir / "services.log"))
+            started.append(start_python("Cogment services", ["-m", "apprentice.services", *args], log_dir / "services.log"))
             services_endpoint = started[-1].endpoint
         components_endpoint = cfg.components.endpoint
         if components_endpoint is None:
             args = ["--port", str(cfg.components.port)]
-            started.append(start_module("components", "environments", args, log_dir / "components.log"))
+            started.append(start_python("components", ["-m", "environments", *args], log_dir / "components.log"))
             components_endpoint = started[-1].endpoint
         yield services_endpoint, components_endpoint
     finally:

@@ -46,12 +46,15 @@ class ChildServer:
         return self.process.returncode
 
 
-def start_module(name: str, module: str, args: list[str], log_path: Path, ready_timeout: float = 60.0) -> ChildServer:
-    """``python -m module *args`` with stderr (and stdout after the ready line) appended to ``log_path``."""
+def start_python(name: str, args: list[str], log_path: Path, ready_timeout: float = 60.0) -> ChildServer:
+    """``python *args`` (e.g. ``["-m", "apprentice.services", "--port", "0"]``), once it is listening.
+
+    Its stderr, and its stdout after the ready line, are appended to ``log_path``.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "a")  # noqa: SIM115 - handed to the child and the drain thread
     process = subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=log_file,

@@ -29,12 +29,8 @@ import contextlib
 import itertools
 import json
 import logging
-import os
-import re
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +49,7 @@ from actors import mlp_policy, scripted_teacher
 from actors.mlp_policy import GreedyPolicy, MlpPolicy
 from actors.scripted_teacher import MountainCarTeacher
 from apprentice import cog_settings
+from apprentice.launcher import ChildServer, start_python
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.spaces import environment_specs
 from environments import gym_environment
@@ -68,58 +65,17 @@ log = logging.getLogger("bench")
 # --- Child processes ---------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """A subprocess that printed ``grpc://HOST:PORT`` on its first stdout line once ready."""
-
-    name: str
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def endpoint(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far, all threads (gRPC does much of its work off the main one)."""
-        times = psutil.Process(self.process.pid).cpu_times()
-        return times.user + times.system
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it is still there after 15 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-def start_child(name: str, command: list[str], log_dir: Path, exit_stack: contextlib.ExitStack) -> Child:
-    """Start ``command``, register its stop on ``exit_stack`` and wait (60 s max) for its ready line."""
-    log_path = log_dir / f"{name}.log"
-    log_file = exit_stack.enter_context(open(log_path, "w"))
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log_file,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    child = Child(name, process, 0, log_path)
+def start_child(name: str, args: list[str], log_dir: Path, exit_stack: contextlib.ExitStack) -> ChildServer:
+    """``python *args`` once it listens, stopped when ``exit_stack`` closes."""
+    child = start_python(name, args, log_dir / f"{name}.log")
     exit_stack.callback(child.stop)
-    ready, _, _ = select.select([process.stdout], [], [], 60)
-    line = process.stdout.readline() if ready else ""
-    match = re.search(r"grpc://[^:\s]+:(\d+)", line)
-    if match is None:
-        raise RuntimeError(f"{name} did not start ({line!r}); its log:\n{log_path.read_text()[-3000:]}")
-    child.port = int(match.group(1))
     return child
+
+
+def cpu_seconds(child: ChildServer) -> float:
+    """User + system CPU time so far, all threads (gRPC does much of its work off the main one)."""
+    times = psutil.Process(child.process.pid).cpu_times()
+    return times.user + times.system
 
 
 # --- 1. Echo: the ceiling of Python gRPC --------------------------------------------------------
@@ -145,7 +101,7 @@ async def serve_echo() -> None:
     await server.stop(grace=None)
 
 
-async def measure_echo(echo: Child, seconds: float) -> float:
+async def measure_echo(echo: ChildServer, seconds: float) -> float:
     """Strict ping-pong on one stream for ``seconds``; returns round trips/s."""
     # A local subchannel pool closes the connection with the channel (no GOAWAY log when the server stops).
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -236,7 +192,7 @@ class TrialEnds:
 
 
 def trial_parameters(
-    services: Child, components: Child, specs: EnvironmentSpecs, ticks: int, seed: int
+    services: ChildServer, components: ChildServer, specs: EnvironmentSpecs, ticks: int, seed: int
 ) -> cogment.TrialParameters:
     """One MountainCar trial: MLP player + scripted teacher, datalog to the services, no rendering."""
     actors = [
@@ -281,7 +237,7 @@ async def run_trials(
     controller: Controller,
     ends: TrialEnds,
     make_params: Callable[[int], cogment.TrialParameters],
-    children: list[Child],
+    children: list[ChildServer],
     seconds: float,
     workers: int,
 ) -> CogmentResult:
@@ -304,13 +260,13 @@ async def run_trials(
             if time.perf_counter() >= deadline:
                 return
 
-    cpu_before = {child.name: child.cpu_seconds() for child in children}
+    cpu_before = {child.name: cpu_seconds(child) for child in children}
     start = time.perf_counter()
     deadline = start + seconds
     await asyncio.gather(*(worker() for _ in range(workers)))
     elapsed = time.perf_counter() - start
     ticks = max(totals["ticks"], 1)
-    cpu = {child.name: (child.cpu_seconds() - cpu_before[child.name]) * 1000 / ticks for child in children}
+    cpu = {child.name: (cpu_seconds(child) - cpu_before[child.name]) * 1000 / ticks for child in children}
     return CogmentResult(totals["ticks"] / elapsed, totals["trials"], totals["ticks"], cpu)
 
 
@@ -320,9 +276,9 @@ async def measure_cogment(
     """Start the services and the components, then measure one trial and ``--parallel`` trials."""
     data_dir = log_dir / "data"
     quiet = ["--port", "0", "--log-level", "WARNING"]
-    services_command = [sys.executable, "-m", "apprentice.services", *quiet, "--data-dir", str(data_dir)]
+    services_command = ["-m", "apprentice.services", *quiet, "--data-dir", str(data_dir)]
     services = start_child("services", services_command, log_dir, exit_stack)
-    components = start_child("components", [sys.executable, "-m", "environments", *quiet], log_dir, exit_stack)
+    components = start_child("components", ["-m", "environments", *quiet], log_dir, exit_stack)
     children = [services, components]
     specs = environment_specs(ENV_ID)
 
@@ -363,7 +319,7 @@ async def run(args: argparse.Namespace) -> None:
         else:
             exit_stack.callback(shutil.rmtree, log_dir, ignore_errors=True)
 
-        echo = start_child("echo", [sys.executable, __file__, "--echo-server"], log_dir, exit_stack)
+        echo = start_child("echo", [__file__, "--echo-server"], log_dir, exit_stack)
         echo_rate = await measure_echo(echo, args.echo_seconds)
         echo.stop()
         print(f"echo (grpc.aio bidi, 2 processes, {len(ECHO_PAYLOAD)} B):  {echo_rate:8,.0f} round trips/s")

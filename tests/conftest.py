@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apprentice.launcher import PROJECT_ROOT, ChildServer, start_module
+from apprentice.launcher import PROJECT_ROOT, ChildServer, start_python
 
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
 
@@ -29,7 +29,7 @@ class ServicesProcess(ChildServer):
 def start_services_process(data_dir: Path | None, log_path: Path) -> ServicesProcess:
     """``python -m apprentice.services --port 0`` in a subprocess; returns once it is listening."""
     args = ["--port", "0"] + (["--data-dir", str(data_dir)] if data_dir is not None else [])
-    child = start_module("Cogment services", "apprentice.services", args, log_path)
+    child = start_python("Cogment services", ["-m", "apprentice.services", *args], log_path)
     return ServicesProcess(child.name, child.process, child.port, data_dir)
 
 

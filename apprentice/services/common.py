@@ -60,4 +60,7 @@ def server_options() -> Iterable[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # gRPC lets two servers share a port by default; a second Apprentice on the same port
+        # would then silently get half of the calls. Refuse it instead.
+        ("grpc.so_reuseport", 0),
     ]

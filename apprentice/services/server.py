@@ -57,17 +57,18 @@ async def start_services(
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
     server = grpc.aio.server(options=list(server_options()))
+    try:
+        bound_port = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpc raises when the address cannot be bound
+        bound_port = 0
+    if bound_port == 0:
+        raise OSError(f"Cannot listen on {host}:{port}: the port is in use. Choose another one with --port.")
     datastore = TrialDatastore.create(data_dir)
     model_registry = ModelRegistry.create(data_dir)
     orchestrator = Orchestrator()
     datastore.add_to_server(server)
     model_registry.add_to_server(server)
     orchestrator.add_to_server(server)
-    bound_port = server.add_insecure_port(f"{host}:{port}")
-    if bound_port == 0:
-        raise OSError(
-            f"Cannot listen on {host}:{port}: the port is in use. Choose another one with --port."
-        )
     await server.start()
     log.info("Cogment services listening on grpc://%s:%d", host, bound_port)
     return RunningServices(server, bound_port, orchestrator, datastore, model_registry)

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import grpc
-from cogment.api import common_pb2, orchestrator_pb2, orchestrator_pb2_grpc
+from cogment.api import common_pb2, orchestrator_pb2_grpc
 
 from apprentice.services.common import server_options
 from apprentice.services.orchestrator.params import check_trial_params

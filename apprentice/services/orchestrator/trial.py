@@ -468,6 +468,15 @@ class Trial:
             self._spawn(self.hard_terminate(details))
             return
 
+        if action_set.ByteSize() > SDK_MAX_MESSAGE_BYTES:
+            self._spawn(
+                self.hard_terminate(
+                    f"The actions of tick {self.tick_id} add up to {action_set.ByteSize()} bytes; a Cogment SDK "
+                    f"environment cannot receive messages over 4 MiB: make the actions smaller"
+                )
+            )
+            return
+
         max_steps = self.params.max_steps
         if (max_steps > 0 and self.tick_id >= max_steps) or self._end_requested:
             sample.info.special_events.append("End requested" if self._end_requested else "Maximum number of steps reached")
