@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from cogment.api import orchestrator_pb2_grpc
 from google.protobuf import wrappers_pb2
 
 from conformance import cog_settings
+from conftest import free_port  # noqa: F401 - re-exported for the tests
 from conformance.scripted import ListRecorder, make_actor_impl
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
@@ -37,13 +37,6 @@ TESTS_DIR = CONFORMANCE_DIR.parent
 PROJECT_ROOT = TESTS_DIR.parent
 
 STATE_ORDER = ["UNKNOWN", "INITIALIZING", "PENDING", "RUNNING", "TERMINATING", "ENDED"]
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (same as ``tests/conftest.py``)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def address_of(endpoint: str) -> str:
