@@ -1,15 +1,20 @@
-"""Apprentice's main job: ``python -m main`` (Hydra config in ``config/``).
+"""Apprentice's main job: ``python -m main +experiment=simple_bc/mountain_car``.
 
-It starts the Cogment services and the environment/actor components as child processes (unless
-the config names running ones), then runs MountainCar demo trials through them and prints one
-line per trial. Human-in-the-loop behavioral cloning will replace the demo run.
+1. Start what the config does not point elsewhere, each as a child process: the Cogment services
+   (orchestrator, datastore, model registry) and the components (environment and actors).
+2. Build the run implementation named by ``run.class_name`` and run it: it starts the trials and
+   learns from their samples. Metrics go to MLflow (``python -m simple_mlflow`` shows them).
+3. Stop the child processes, whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cogment
@@ -19,87 +24,75 @@ from omegaconf import DictConfig
 
 from apprentice import cog_settings
 from apprentice.launcher import ChildServer, start_python
-from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig
-from apprentice.spaces import environment_specs
+from apprentice.metrics import MetricsLogger
+from apprentice.run import Endpoints, RunSession
 
 log = logging.getLogger("main")
 
 
-@contextlib.contextmanager
-def child_servers(cfg: DictConfig, log_dir: Path):
-    """Start what the config does not point elsewhere; stop it on the way out."""
-    started: list[ChildServer] = []
+def load_class(class_path: str, what: str):
+    module_name, _, class_name = class_path.rpartition(".")
     try:
-        services_endpoint = cfg.services.orchestrator_endpoint
-        if services_endpoint is None:
-            args = ["--port", str(cfg.services.port), "--host", cfg.services.host, "--data-dir", str(Path(cfg.data_dir).absolute())]
-            started.append(start_python("Cogment services", ["-m", "apprentice.services", *args], log_dir / "services.log"))
-            services_endpoint = started[-1].endpoint
-        components_endpoint = cfg.components.endpoint
-        if components_endpoint is None:
-            args = ["--port", str(cfg.components.port)]
-            started.append(start_python("components", ["-m", "environments", *args], log_dir / "components.log"))
-            components_endpoint = started[-1].endpoint
-        yield services_endpoint, components_endpoint
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise SystemExit(f"{what} = {class_path!r} cannot be loaded ({error}): give a module.Class path") from None
+
+
+@contextlib.contextmanager
+def child_servers(cfg: DictConfig, log_dir: Path) -> Iterator[Endpoints]:
+    """Start the services and the components unless the config names running ones; stop them after."""
+    started: list[ChildServer] = []
+    services = cfg.services
+    try:
+        own_services = None
+        if not (services.orchestrator_endpoint and services.datastore_endpoint and services.model_registry_endpoint):
+            args = ["--port", str(services.port), "--host", services.host, "--data-dir", str(Path(cfg.data_dir).absolute())]
+            own_services = start_python("Cogment services", ["-m", "apprentice.services", *args], log_dir / "services.log")
+            started.append(own_services)
+        orchestrator = services.orchestrator_endpoint or own_services.endpoint
+        datastore = services.datastore_endpoint or own_services.endpoint
+        model_registry = services.model_registry_endpoint or own_services.endpoint
+
+        components = services.components_endpoint
+        if not components:
+            args = ["--port", str(services.components_port), "--model-registry", model_registry]
+            for name, implementation in services.environments.items():
+                args += ["--environment", f"{name}={implementation.class_name}"]
+            for name, implementation in services.actors.items():
+                args += ["--actor", f"{name}={implementation.class_name}"]
+            started.append(start_python("components", ["-m", "apprentice.components", *args], log_dir / "components.log"))
+            components = started[-1].endpoint
+        yield Endpoints(orchestrator, datastore, model_registry, components)
+    except RuntimeError as error:  # a child did not start: its log says why
+        raise SystemExit(str(error)) from None
     finally:
         for child in reversed(started):
             child.stop()
 
 
-def demo_trial_params(env_id: str, seed: int, components_endpoint: str, datalog_endpoint: str) -> cogment.TrialParameters:
-    specs = environment_specs(env_id)
-    actor_config = ActorConfig(environment_specs=specs, seed=seed)
-    return cogment.TrialParameters(
-        cog_settings,
-        environment_name="env",
-        environment_endpoint=components_endpoint,
-        environment_implementation="gym",
-        environment_config=EnvironmentConfig(env_id=env_id, seed=seed),
-        datalog_endpoint=datalog_endpoint,
-        actors=[
-            cogment.ActorParameters(
-                cog_settings, name="player", class_name="player", endpoint=components_endpoint,
-                implementation="mlp_policy", config=actor_config,
-            ),
-            cogment.ActorParameters(
-                cog_settings, name="teacher", class_name="teacher", endpoint=components_endpoint,
-                implementation="scripted_teacher", config=actor_config,
-            ),
-        ],
-    )
-
-
-async def run_demo(cfg: DictConfig, services_endpoint: str, components_endpoint: str) -> None:
+async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, data_dir: Path) -> None:
+    training = load_class(cfg.run.class_name, "run.class_name")(cfg.run)
+    metrics = MetricsLogger(data_dir=data_dir, server_port=cfg.mlflow.port)
+    metrics.start_run(cfg.mlflow.experiment_name, run_name=run_id, resume=bool(cfg.resume))
     context = cogment.Context(user_id="apprentice", cog_settings=cog_settings)
-    controller = context.get_controller(cogment.Endpoint(services_endpoint))
-    datastore_endpoint = cfg.services.datastore_endpoint or services_endpoint
-    datastore = context.get_datastore(cogment.Endpoint(datastore_endpoint))
-    for trial_index in range(cfg.demo.num_trials):
-        params = demo_trial_params(cfg.demo.env_id, cfg.demo.seed + trial_index, components_endpoint, datastore_endpoint)
-        trial_id = await controller.start_trial(trial_params=params)
-        steps, total_return, teacher_steps = 0, 0.0, 0
-        trial_infos = await datastore.get_trials([trial_id])
-        async for sample in datastore.all_samples(trial_infos):
-            if sample.trial_state == cogment.TrialState.ENDED:
-                continue  # the final observation, after the last action
-            player = sample.actors_data["player"]
-            teacher = sample.actors_data["teacher"]
-            steps += 1
-            total_return += player.reward or 0.0
-            teacher_steps += teacher.action is not None and teacher.action.HasField("value")
-        print(
-            f"trial {trial_index + 1}/{cfg.demo.num_trials} {trial_id[:8]}: {steps} steps, return {total_return:.1f}, "
-            f"teacher acted on {teacher_steps / max(steps, 1):.0%} of steps",
-            flush=True,
-        )
+    try:
+        run_session = await RunSession(run_id, cfg.run, endpoints, context, metrics).open()
+        await training.impl(run_session)
+    finally:
+        metrics.close()
 
 
 @hydra.main(version_base=None, config_path="config", config_name="config")
 def main(cfg: DictConfig) -> None:
+    if "run" not in cfg:
+        raise SystemExit("Choose an experiment, e.g. python -m main +experiment=simple_bc/mountain_car")
     log_dir = Path(HydraConfig.get().runtime.output_dir)
-    with child_servers(cfg, log_dir) as (services_endpoint, components_endpoint):
-        print(f"Cogment services: {services_endpoint}   components: {components_endpoint}   logs: {log_dir}", flush=True)
-        asyncio.run(run_demo(cfg, services_endpoint, components_endpoint))
+    data_dir = Path(cfg.data_dir).absolute()
+    experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
+    run_id = cfg.resume or cfg.run_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"Run {run_id} ({cfg.run.class_name}), logs in {log_dir}", flush=True)
+    with child_servers(cfg, log_dir) as endpoints:
+        asyncio.run(run_experiment(cfg, run_id, endpoints, data_dir))
 
 
 if __name__ == "__main__":

@@ -25,18 +25,18 @@ import cogment
 import gymnasium
 import numpy as np
 from cogment.environment import EnvironmentSession
-from cogment.session import ActorInfo, RecvAction
+from cogment.session import ActorInfo
 
 from apprentice.cog_settings import PLAYER_ACTOR_CLASS, TEACHER_ACTOR_CLASS
 from apprentice.protos.data_pb2 import EnvironmentConfig, Observation
-from apprentice.spaces import GymAction, InvalidAction, gym_action, is_noop, parse_make_kwargs, tensor_from_array
+from apprentice.spaces import parse_make_kwargs, tensor_from_array
+from apprentice.teaching import TeacherMode, decide
 
 # classic-control renders through pygame, which needs a display unless told otherwise.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_NAME = "gym"
 
 # Rendered frames are JPEG: browsers decode it natively and it is small and fast. A 600x400
 # MountainCar frame is 720 kB raw, ~9 kB as JPEG (~1 ms to encode); PNG is ~12 kB but ~5 ms.
@@ -100,34 +100,22 @@ def make_observation(gym_observation: object, env: gymnasium.Env, render: bool) 
     return observation
 
 
-def performed_action(
-    actions: list[RecvAction], roles: Roles, action_space: gymnasium.Space, stats: TrialStats
-) -> GymAction:
-    """The teacher's action when it took over with a valid one, otherwise the player's."""
-    if roles.teacher_index is not None:
-        teacher_action = actions[roles.teacher_index].action  # None if the teacher was unavailable
-        if not is_noop(teacher_action):
-            try:
-                value = gym_action(teacher_action, action_space)
-                stats.teacher_takeovers += 1
-                return value
-            except InvalidAction as error:
-                # A teacher (possibly a human in a browser) sending garbage must not end the trial.
-                stats.invalid_teacher_actions += 1
-                log.debug("Teacher action ignored (counted as NO-OP): %s", error)
+class GymEnvironment:
+    """The environment implementation served by ``apprentice.components`` (one per process)."""
 
-    player_action = actions[roles.player_index].action
-    if is_noop(player_action):
-        raise ValueError("the player did not act and the teacher did not take over: nothing to perform")
-    # Out-of-bounds continuous actions are clipped, other invalid actions end the trial with an error.
-    return gym_action(player_action, action_space, clip=True)
+    def __init__(self, cfg: dict, model_registry=None) -> None:
+        pass
+
+    async def impl(self, environment_session: EnvironmentSession) -> None:
+        await run_trial(environment_session)
 
 
-async def impl(environment_session: EnvironmentSession) -> None:
+async def run_trial(environment_session: EnvironmentSession) -> None:
     """Run one trial: reset, then one ``env.step`` per action set until the episode or trial ends."""
     config: EnvironmentConfig = environment_session.config or EnvironmentConfig()
     roles = find_roles(environment_session.get_active_actors())
     stats = TrialStats()
+    mode = TeacherMode(config.teacher_mode or TeacherMode.OVERRIDE.value)
     env = make_env(config)
     try:
         gym_observation, _info = env.reset(seed=config.seed)
@@ -137,11 +125,19 @@ async def impl(environment_session: EnvironmentSession) -> None:
         async for event in environment_session.all_events():
             if not event.actions or ended:
                 continue  # messages, or the FINAL event
-            action = performed_action(event.actions, roles, env.action_space, stats)
-            gym_observation, reward, terminated, truncated, _info = env.step(action)
+            teacher_action = event.actions[roles.teacher_index].action if roles.teacher_index is not None else None
+            step = decide(event.actions[roles.player_index].action, teacher_action, env.action_space, mode)
+            stats.teacher_takeovers += step.demonstration
+            stats.invalid_teacher_actions += step.invalid_teacher_action
+            gym_observation, reward, terminated, truncated, _info = env.step(step.performed_action)
             stats.steps += 1
 
-            observations = [("*", make_observation(gym_observation, env, config.render))]
+            observation = make_observation(gym_observation, env, config.render)
+            player_action = event.actions[roles.player_index].action
+            if player_action is not None:
+                observation.last_player_action.CopyFrom(player_action)
+            observation.last_step_demonstration = step.demonstration
+            observations = [("*", observation)]
             environment_session.add_reward(value=float(reward), confidence=1.0, to=[roles.player_name])
             if terminated or truncated or event.type == cogment.EventType.ENDING:
                 environment_session.end(observations)

@@ -1,0 +1,345 @@
+"""Behavioral cloning with a teacher in the loop (the full version of tutorial step 4).
+
+Read top to bottom:
+1. ``SimpleBCModel``: an MLP policy that the model registry can store.
+2. ``SimpleBCActor``: the ``player`` that acts with the latest published iteration.
+3. ``SimpleBCTraining``: the run. It publishes an untrained model, starts trials one after
+   another, turns each step into a sample ``(demonstration, observation, action)`` and trains
+   online on them, publishing a new iteration every ``publish_every`` training steps.
+
+The teacher (a person in the browser, or a scripted teacher) can take over at any step; doing
+nothing (NO-OP) approves the agent's action. ``apprentice.teaching.decide`` is the rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+
+import cogment
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+from apprentice.model import Model
+from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
+from apprentice.run import RunSession, SampleProducerSession
+from apprentice.spaces import array_from_tensor, environment_specs, gym_from_space, is_noop, noop_action, player_action
+from apprentice.teaching import TeacherMode, decide
+
+log = logging.getLogger(__name__)
+
+# Tiny networks gain nothing from intra-op threads; they would fight the gRPC threads instead.
+torch.set_num_threads(1)
+
+
+# --- 1. The model ----------------------------------------------------------------------------
+
+
+class SimpleBCModel(Model):
+    """observation -> hidden layers (ReLU) -> one logit per action (Discrete) or the action (Box)."""
+
+    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0):
+        super().__init__(model_id, iteration)
+        self.environment_specs = environment_specs
+        self.hidden_sizes = list(hidden_sizes)
+        self.observation_space = gym_from_space(environment_specs.observation_space)
+        self.action_space = gym_from_space(environment_specs.action_space)
+        self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        sizes = [int(np.prod(self.observation_space.shape)), *self.hidden_sizes]
+        layers: list[nn.Module] = []
+        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(size_in, size_out), nn.ReLU()]
+        output_size = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
+        layers.append(nn.Linear(sizes[-1], output_size))
+        self.network = nn.Sequential(*layers)
+        unbounded = np.full(sizes[0], np.inf, dtype=np.float32)
+        low = np.asarray(getattr(self.observation_space, "low", -unbounded), dtype=np.float32).reshape(-1)
+        high = np.asarray(getattr(self.observation_space, "high", unbounded), dtype=np.float32).reshape(-1)
+        bounded = np.isfinite(low) & np.isfinite(high) & (high > low)
+        self._observation_center = np.where(bounded, (low + high) / 2, 0.0).astype(np.float32)
+        self._observation_half_range = np.where(bounded, (high - low) / 2, 1.0).astype(np.float32)
+
+    def get_model_user_data(self) -> dict[str, str]:
+        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes))}
+
+    @classmethod
+    def serialize_model(cls, model: SimpleBCModel) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "environment_specs": model.environment_specs.SerializeToString(),
+                "hidden_sizes": model.hidden_sizes,
+                "state_dict": model.network.state_dict(),
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def deserialize_model(cls, serialized_model: bytes) -> SimpleBCModel:
+        # weights_only: a model file can never run code when it is loaded.
+        content = torch.load(io.BytesIO(serialized_model), weights_only=True)
+        specs = EnvironmentSpecs.FromString(content["environment_specs"])
+        model = cls("", specs, content["hidden_sizes"])
+        model.network.load_state_dict(content["state_dict"])
+        return model
+
+    def observation_tensor(self, observation: np.ndarray) -> torch.Tensor:
+        """Observations scaled into [-1, 1] by the space's bounds when they are finite.
+
+        MountainCar's velocity lives within +-0.07 while its position spans 1.8: unscaled, the
+        network barely sees the one feature that decides the right push.
+        """
+        values = np.asarray(observation, dtype=np.float32).reshape(-1)
+        return torch.as_tensor((values - self._observation_center) / self._observation_half_range)
+
+    def action_tensor(self, action) -> torch.Tensor:
+        if self.discrete:
+            return torch.tensor(int(action), dtype=torch.int64)
+        return torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(-1))
+
+    @torch.inference_mode()
+    def act(self, observation: np.ndarray):
+        """The greedy action, in gymnasium form."""
+        output = self.network(self.observation_tensor(observation))
+        if self.discrete:
+            return int(output.argmax())
+        low, high = self.action_space.low, self.action_space.high
+        return np.clip(output.numpy().reshape(self.action_space.shape), low, high)
+
+    def loss(self, observations: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Weighted cross-entropy (Discrete) or squared error (Box) of the labels."""
+        output = self.network(observations)
+        if self.discrete:
+            per_sample = nn.functional.cross_entropy(output, actions, reduction="none")
+        else:
+            per_sample = ((output - actions) ** 2).mean(dim=1)
+        return (per_sample * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+# --- 2. The actor ----------------------------------------------------------------------------
+
+
+class SimpleBCActor:
+    """The ``player``: acts with ``ActorConfig.model_id`` and switches to each newer iteration."""
+
+    def __init__(self, cfg: dict, model_registry) -> None:
+        self.model_registry = model_registry
+
+    def get_actor_classes(self) -> list[str]:
+        return ["player"]
+
+    async def impl(self, actor_session) -> None:
+        config: ActorConfig = actor_session.config
+        policy = LatestModel(
+            await SimpleBCModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
+        )
+        # Follow newer iterations while the trial runs, unless the trial pinned one iteration.
+        updates = None
+        if config.model_iteration == -1:
+            updates = asyncio.create_task(self._follow_updates(config.model_id, policy))
+        actor_session.start()
+        try:
+            async for event in actor_session.all_events():
+                if event.observation is not None and event.type == cogment.EventType.ACTIVE:
+                    observation = array_from_tensor(event.observation.observation.value)
+                    action = policy.model.act(observation)
+                    actor_session.do_action(player_action(action, policy.model.action_space))
+        finally:
+            if updates is not None:
+                updates.cancel()
+
+    async def _follow_updates(self, model_id: str, policy: LatestModel) -> None:
+        """Swap in every new iteration (the registry announces each one as it is published)."""
+        async for info in self.model_registry.iteration_updates(model_id):
+            if info.iteration > policy.model.iteration:
+                policy.model = await SimpleBCModel.retrieve_model(self.model_registry, model_id, info.iteration)
+
+
+@dataclass
+class LatestModel:
+    model: SimpleBCModel
+
+
+# --- 3. The run: trials, samples, online training --------------------------------------------
+
+
+@dataclass
+class TrialSummary:
+    """What the sample producer tells the run at the end of a trial (besides its samples)."""
+
+    trial_index: int
+    steps: int = 0
+    total_return: float = 0.0
+    demonstrations: int = 0
+    invalid_teacher_actions: int = 0
+    teacher_seconds: float = 0.0  # time during which the teacher was acting (holding a key)
+
+
+class SimpleBCTraining:
+    """Behavioral cloning run; its settings are the ``run`` section of the experiment config."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.environment_specs = environment_specs(cfg.env_id)
+
+    # The teacher's slot: a scripted teacher served by the components, or a person through the
+    # web page ("client"). A person may close the tab: the slot is optional and defaults to NO-OP.
+    def trial_parameters(self, run_session: RunSession, trial_index: int) -> cogment.TrialParameters:
+        cfg = self.cfg
+        human = cfg.teacher.implementation == "client"
+        actor_config = ActorConfig(
+            environment_specs=self.environment_specs,
+            seed=cfg.seed + trial_index,
+            model_id=run_session.run_id,
+            model_iteration=-1,
+        )
+        actors = [run_session.actor_parameters("player", "player", cfg.player.implementation, actor_config)]
+        if cfg.teacher.implementation:
+            teacher_options = {"optional": True, "default_action": noop_action()} if human else {}
+            actors.append(
+                run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, actor_config, **teacher_options)
+            )
+        environment_config = EnvironmentConfig(
+            env_id=cfg.env_id, seed=cfg.seed + trial_index, render=human, teacher_mode=TeacherMode.OVERRIDE.value
+        )
+        return run_session.trial_parameters(environment_config, actors)
+
+    async def sample_producer(self, session: SampleProducerSession) -> None:
+        """Each step becomes ``(demonstration, observation, label)``; a TrialSummary closes the trial."""
+        action_space = gym_from_space(self.environment_specs.action_space)
+        model = SimpleBCModel("", self.environment_specs, [])  # only for its tensor conversions
+        summary = TrialSummary(session.trial_index)
+        previous_timestamp, previous_was_demonstration = None, False
+        async for sample in session.all_trial_samples():
+            if previous_timestamp is not None and previous_was_demonstration:
+                summary.teacher_seconds += (sample.timestamp - previous_timestamp) / 1e9
+            previous_timestamp, previous_was_demonstration = sample.timestamp, False
+
+            player = sample.actors_data["player"]
+            teacher = sample.actors_data.get("teacher")
+            if is_noop(player.action):
+                continue  # the final observation (after the last action), or a tick the player missed
+            step = decide(player.action, teacher.action if teacher else None, action_space)
+            observation = array_from_tensor(player.observation.value)
+            session.produce_sample((step.demonstration, model.observation_tensor(observation), model.action_tensor(step.label)))
+
+            summary.steps += 1
+            summary.total_return += player.reward or 0.0
+            summary.demonstrations += step.demonstration
+            summary.invalid_teacher_actions += step.invalid_teacher_action
+            previous_was_demonstration = step.demonstration
+        session.produce_sample(summary)
+
+    async def impl(self, run_session: RunSession) -> None:
+        cfg = self.cfg
+        registry = run_session.model_registry
+        torch.manual_seed(cfg.seed)
+        model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes))
+        demonstrations, observations, actions = [], [], []
+        first_trial = 0
+
+        if cfg.resume:
+            # Nothing a teacher gave is lost: every stored sample of the run goes back into the buffer.
+            model = await SimpleBCModel.retrieve_model(registry, run_session.run_id, -1)
+            async for _trial_id, trial_index, sample in run_session.stored_samples(self.sample_producer):
+                if isinstance(sample, TrialSummary):
+                    first_trial = max(first_trial, trial_index + 1)
+                    continue
+                demonstrations.append(sample[0]), observations.append(sample[1]), actions.append(sample[2])
+            print(f"Resuming run {run_session.run_id} at iteration {model.iteration} with {len(actions)} stored samples")
+        else:
+            await model.store(registry)
+            run_session.log_params(
+                {
+                    "env_id": cfg.env_id,
+                    "hidden_sizes": list(cfg.hidden_sizes),
+                    "learning_rate": cfg.learning_rate,
+                    "batch_size": cfg.batch_size,
+                    "train_only_from_demonstration": cfg.train_only_from_demonstration,
+                    "approval_weight": cfg.approval_weight,
+                    "publish_every": cfg.publish_every,
+                    "teacher": cfg.teacher.implementation,
+                    "num_trials": cfg.num_trials,
+                    "seed": cfg.seed,
+                }
+            )
+
+        optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        training_steps, publications, teacher_seconds, loss_value = 0, 0, 0.0, float("nan")
+        trials = [
+            (f"{run_session.run_id}-trial-{index}", self.trial_parameters(run_session, index))
+            for index in range(first_trial, first_trial + cfg.num_trials)
+        ]
+        async for step, _trial_id, _index, sample in run_session.start_and_await_trials(trials, self.sample_producer):
+            if isinstance(sample, TrialSummary):
+                teacher_seconds += sample.teacher_seconds
+                intervention_rate = sample.demonstrations / max(sample.steps, 1)
+                run_session.log_metrics(
+                    training_steps,
+                    trial_return=sample.total_return,
+                    trial_steps=sample.steps,
+                    intervention_rate=intervention_rate,
+                    teacher_seconds=teacher_seconds,
+                    demonstrations=sum(demonstrations),
+                    invalid_teacher_actions=sample.invalid_teacher_actions,
+                )
+                print(
+                    f"trial {sample.trial_index + 1:3d}  steps {sample.steps:4d}  return {sample.total_return:8.1f}  "
+                    f"intervention {intervention_rate:6.1%}  iteration {model.iteration:4d}  loss {loss_value:.4f}",
+                    flush=True,
+                )
+                continue
+
+            demonstration, observation, action = sample
+            demonstrations.append(demonstration), observations.append(observation), actions.append(action)
+            usable = [i for i, flag in enumerate(demonstrations) if flag] if cfg.train_only_from_demonstration else None
+            population = len(usable) if usable is not None else len(actions)
+            if population < cfg.batch_size:
+                continue
+
+            # One training step per new sample, on a batch drawn from everything kept so far.
+            picks = torch.randint(population, (cfg.batch_size,), generator=generator).tolist()
+            indexes = [usable[i] for i in picks] if usable is not None else picks
+            weights = torch.tensor([1.0 if demonstrations[i] else cfg.approval_weight for i in indexes])
+            loss = model.loss(torch.stack([observations[i] for i in indexes]), torch.stack([actions[i] for i in indexes]), weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            training_steps += 1
+            loss_value = loss.item()
+            run_session.log_metrics(training_steps, loss=loss_value, total_samples=len(actions))
+
+            if training_steps % cfg.publish_every == 0:
+                await model.store(registry)
+                publications += 1
+                run_session.log_metrics(training_steps, model_iteration=model.iteration)
+                if publications % cfg.evaluate_every == 0:
+                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
+                    run_session.log_metrics(training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+
+        success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
+        run_session.log_metrics(training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+        print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
+
+
+def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int) -> float:
+    """Share of episodes the agent alone ends by reaching its goal (``terminated``), on held-out seeds."""
+    env = gymnasium.make(env_id)
+    successes = 0
+    try:
+        for episode in range(episodes):
+            observation, _info = env.reset(seed=first_seed + episode)
+            while True:
+                observation, _reward, terminated, truncated, _info = env.step(model.act(observation))
+                if terminated or truncated:
+                    successes += terminated
+                    break
+    finally:
+        env.close()
+    return successes / max(episodes, 1)

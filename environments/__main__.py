@@ -1,3 +1,0 @@
-from environments.serve import main
-
-main()
