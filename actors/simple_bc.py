@@ -46,6 +46,7 @@ class SimpleBCModel(Model):
         super().__init__(model_id, iteration)
         self.environment_specs = environment_specs
         self.hidden_sizes = list(hidden_sizes)
+        self.training_steps = 0  # saved with the weights, so a resumed run keeps counting
         self.observation_space = gym_from_space(environment_specs.observation_space)
         self.action_space = gym_from_space(environment_specs.action_space)
         self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
@@ -73,6 +74,7 @@ class SimpleBCModel(Model):
             {
                 "environment_specs": model.environment_specs.SerializeToString(),
                 "hidden_sizes": model.hidden_sizes,
+                "training_steps": model.training_steps,
                 "state_dict": model.network.state_dict(),
             },
             buffer,
@@ -86,6 +88,7 @@ class SimpleBCModel(Model):
         specs = EnvironmentSpecs.FromString(content["environment_specs"])
         model = cls("", specs, content["hidden_sizes"])
         model.network.load_state_dict(content["state_dict"])
+        model.training_steps = content["training_steps"]
         return model
 
     def observation_tensor(self, observation: np.ndarray) -> torch.Tensor:
@@ -241,7 +244,7 @@ class SimpleBCTraining:
         torch.manual_seed(cfg.seed)
         model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes))
         demonstrations, observations, actions = [], [], []
-        first_trial = 0
+        first_trial, teacher_seconds = 0, 0.0
 
         if cfg.resume:
             # Nothing a teacher gave is lost: every stored sample of the run goes back into the buffer.
@@ -249,6 +252,7 @@ class SimpleBCTraining:
             async for _trial_id, trial_index, sample in run_session.stored_samples(self.sample_producer):
                 if isinstance(sample, TrialSummary):
                     first_trial = max(first_trial, trial_index + 1)
+                    teacher_seconds += sample.teacher_seconds
                     continue
                 demonstrations.append(sample[0]), observations.append(sample[1]), actions.append(sample[2])
             print(f"Resuming run {run_session.run_id} at iteration {model.iteration} with {len(actions)} stored samples")
@@ -271,7 +275,7 @@ class SimpleBCTraining:
 
         optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
         generator = torch.Generator().manual_seed(cfg.seed)
-        training_steps, publications, teacher_seconds, loss_value = 0, 0, 0.0, float("nan")
+        publications, loss_value = 0, float("nan")
         trials = [
             (f"{run_session.run_id}-trial-{index}", self.trial_parameters(run_session, index))
             for index in range(first_trial, first_trial + cfg.num_trials)
@@ -281,7 +285,7 @@ class SimpleBCTraining:
                 teacher_seconds += sample.teacher_seconds
                 intervention_rate = sample.demonstrations / max(sample.steps, 1)
                 run_session.log_metrics(
-                    training_steps,
+                    model.training_steps,
                     trial_return=sample.total_return,
                     trial_steps=sample.steps,
                     intervention_rate=intervention_rate,
@@ -311,20 +315,20 @@ class SimpleBCTraining:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            training_steps += 1
+            model.training_steps += 1
             loss_value = loss.item()
-            run_session.log_metrics(training_steps, loss=loss_value, total_samples=len(actions))
+            run_session.log_metrics(model.training_steps, loss=loss_value, total_samples=len(actions))
 
-            if training_steps % cfg.publish_every == 0:
+            if model.training_steps % cfg.publish_every == 0:
                 await model.store(registry)
                 publications += 1
-                run_session.log_metrics(training_steps, model_iteration=model.iteration)
+                run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
                 if publications % cfg.evaluate_every == 0:
                     success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
-                    run_session.log_metrics(training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+                    run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
 
         success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
-        run_session.log_metrics(training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+        run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
 
 

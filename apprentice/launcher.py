@@ -2,12 +2,13 @@
 
 Each server (the Cogment services, the environment and actor components) runs in its own process
 so that a 2-core machine runs them side by side. A child prints one line with its
-``grpc://HOST:PORT`` once it listens; that line is how the parent learns the port, so ``--port 0``
-works without races.
+``grpc://HOST:PORT`` (``http://HOST:PORT`` for simple_mlflow) once it listens; that line is how the
+parent learns the port, so ``--port 0`` works without races.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import selectors
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-READY_LINE = re.compile(r"grpc://[^\s:]+:(\d+)")
+READY_LINE = re.compile(r"(?:grpc|http)://[^\s:/]+:(\d+)")
 
 
 @dataclass
@@ -60,6 +61,7 @@ def start_python(name: str, args: list[str], log_path: Path, ready_timeout: floa
         stderr=log_file,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_terminate_with_parent,
     )
     try:
         port = _wait_for_ready_line(process, ready_timeout)
@@ -72,6 +74,13 @@ def start_python(name: str, args: list[str], log_path: Path, ready_timeout: floa
     # Keep reading the child's stdout so that it can never block on a full pipe.
     threading.Thread(target=shutil.copyfileobj, args=(process.stdout, log_file), daemon=True).start()
     return ChildServer(name, process, port)
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM the child when its parent dies, even by SIGKILL, so that no server is orphaned
+    (and the services still end their trials and flush their data)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_for_ready_line(process: subprocess.Popen, timeout: float) -> int:
