@@ -294,7 +294,7 @@ class SimpleBCTraining:
                     invalid_teacher_actions=sample.invalid_teacher_actions,
                 )
                 print(
-                    f"trial {sample.trial_index + 1:3d}  steps {sample.steps:4d}  return {sample.total_return:8.1f}  "
+                    f"trial {first_trial + sample.trial_index + 1:3d}  steps {sample.steps:4d}  return {sample.total_return:8.1f}  "
                     f"intervention {intervention_rate:6.1%}  iteration {model.iteration:4d}  loss {loss_value:.4f}",
                     flush=True,
                 )

@@ -1,0 +1,121 @@
+"""The main job end to end: ``python -m main +experiment=simple_bc/mountain_car teacher=scripted``.
+
+Real processes throughout: main starts the Cogment services and the components as children, the
+scripted teacher plays the teacher's part, metrics go to MLflow (a real server or its SQLite store).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apprentice.launcher import PROJECT_ROOT, start_python
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+TRIAL_LINE = re.compile(r"^trial\s+(\d+)\s+steps\s+(\d+)\s+return\s+(\S+)\s+intervention\s+([\d.]+)%\s+iteration\s+(\d+)")
+RESULT_LINE = re.compile(r"success rate alone (\d+)% over (\d+) episodes")
+
+
+def main_command(tmp_path: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "main", "+experiment=simple_bc/mountain_car", "teacher=scripted",
+        f"data_dir={tmp_path / 'data'}", f"services.port={free_port()}", f"services.components_port={free_port()}",
+        f"hydra.run.dir={tmp_path / 'outputs'}", *overrides,
+    ]
+
+
+def run_main(tmp_path: Path, *overrides: str, mlflow_port: int | None = None) -> str:
+    # Nothing listens on mlflow.port unless a test starts simple_mlflow: the run then writes the
+    # local store in the test's data dir, never the developer's.
+    command = main_command(tmp_path, f"mlflow.port={mlflow_port or free_port()}", *overrides)
+    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240, env=environment)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
+    return finished.stdout
+
+
+def trial_lines(output: str) -> list[tuple[int, int, float, float, int]]:
+    return [
+        (int(m[1]), int(m[2]), float(m[3]), float(m[4]), int(m[5]))
+        for m in map(TRIAL_LINE.match, output.splitlines())
+        if m
+    ]
+
+
+def read_metrics(tracking_uri: str) -> dict[str, list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "apprentice"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    return {key: client.get_metric_history(run.info.run_id, key) for key in run.data.metrics}, run.data.params
+
+
+def test_the_agent_learns_from_a_scripted_teacher_within_five_trials(tmp_path):
+    output = run_main(tmp_path, "run.num_trials=5")
+    trials = trial_lines(output)
+    assert [trial[0] for trial in trials] == [1, 2, 3, 4, 5], output
+    first_rate, last_rate = trials[0][3], trials[-1][3]
+    assert last_rate <= first_rate / 5, f"intervention rate {first_rate}% -> {last_rate}%"
+    success = RESULT_LINE.search(output)
+    assert success and int(success[2]) == 50, output
+    assert int(success[1]) >= 90, output
+    assert trials[-1][4] > 1, "new model iterations were published"
+
+    metrics, params = read_metrics(f"sqlite:///{tmp_path / 'data' / 'mlflow' / 'mlflow.db'}")
+    for key in ("loss", "total_samples", "model_iteration", "intervention_rate", "trial_return", "teacher_seconds", "eval_success_rate"):
+        assert metrics.get(key), f"metric {key} missing: {sorted(metrics)}"
+    assert len(metrics["intervention_rate"]) == 5
+    assert [m.value for m in metrics["model_iteration"]] == sorted(m.value for m in metrics["model_iteration"])
+    assert params["train_only_from_demonstration"] == "False" and params["approval_weight"] == "1.0"
+
+
+def test_metrics_reach_a_running_simple_mlflow_server(tmp_path):
+    port = free_port()
+    server = start_python("simple_mlflow", ["-m", "simple_mlflow", "--port", str(port), "--data-dir", str(tmp_path / "data")], tmp_path / "mlflow.log")
+    try:
+        run_main(tmp_path, "run.num_trials=1", "run.evaluate_every=1", mlflow_port=port)
+        metrics, _params = read_metrics(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+    assert metrics["loss"] and metrics["trial_return"] and metrics["eval_success_rate"]
+
+
+def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_path):
+    command = main_command(tmp_path, f"mlflow.port={free_port()}", "run.num_trials=50", "run_id=killed-run")
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while len(seen) < 2 and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen += trial_lines(line)
+        assert len(seen) == 2, "the run never reported two trials"
+        process.send_signal(signal.SIGKILL)  # no clean-up from the run itself
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    time.sleep(3)  # the services, orphaned, end their trials and flush (SIGTERM from the dying parent)
+
+    output = run_main(tmp_path, "run.num_trials=1", "resume=killed-run")
+    resumed = re.search(r"Resuming run killed-run at iteration (\d+) with (\d+) stored samples", output)
+    assert resumed, output
+    steps_of_finished_trials = sum(trial[1] for trial in seen)
+    assert int(resumed[2]) >= steps_of_finished_trials, (resumed[0], seen)
+    assert int(resumed[1]) >= 1
+    (resumed_trial,) = trial_lines(output)
+    assert resumed_trial[0] >= 3, "the resumed run goes on after the trials already stored"
