@@ -21,7 +21,7 @@ protos: $(BIN)/.installed
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. $(PROTOS)
 
 run: $(BIN)/.installed protos
-	$(BIN)/python -m main
+	$(BIN)/python -m main +experiment=simple_bc/mountain_car
 
 test: $(BIN)/.installed protos
 	$(BIN)/python -m pytest -q
