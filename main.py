@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,10 @@ def child_servers(cfg: DictConfig, log_dir: Path) -> Iterator[Endpoints]:
             components = started[-1].endpoint
         yield Endpoints(orchestrator, datastore, model_registry, components)
     except RuntimeError as error:  # a child did not start: its log says why
-        raise SystemExit(str(error)) from None
+        hint = "" if "port is in use" not in str(error) else (
+            "\nFrom main.py, change the ports with services.port=PORT and services.components_port=PORT."
+        )
+        raise SystemExit(f"{error}{hint}") from None
     finally:
         for child in reversed(started):
             child.stop()
@@ -82,10 +86,27 @@ async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, dat
         metrics.close()
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+
+def available_experiments() -> list[str]:
+    experiments = CONFIG_DIR / "experiment"
+    return sorted(str(path.relative_to(experiments).with_suffix("")) for path in experiments.rglob("*.yaml"))
+
+
+def check_experiment_choice(arguments: list[str]) -> None:
+    """Hydra only says "could not find" for an unknown ``+experiment``: list the available ones."""
+    for argument in arguments:
+        if argument.startswith("+experiment="):
+            choice = argument.partition("=")[2]
+            if choice not in available_experiments():
+                raise SystemExit(f"Unknown experiment {choice!r}. Available: {', '.join(available_experiments())}")
+
+
 @hydra.main(version_base=None, config_path="config", config_name="config")
 def main(cfg: DictConfig) -> None:
-    if "run" not in cfg:
-        raise SystemExit("Choose an experiment, e.g. python -m main +experiment=simple_bc/mountain_car")
+    if "class_name" not in cfg.get("run", {}):
+        raise SystemExit(f"Choose an experiment with +experiment=NAME; available: {', '.join(available_experiments())}")
     log_dir = Path(HydraConfig.get().runtime.output_dir)
     data_dir = Path(cfg.data_dir).absolute()
     experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
@@ -96,4 +117,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_experiment_choice(sys.argv[1:])
     main()
