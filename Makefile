@@ -23,7 +23,11 @@ protos: $(BIN)/.installed
 run: $(BIN)/.installed protos
 	$(BIN)/python -m main +experiment=simple_bc/mountain_car
 
-test: $(BIN)/.installed protos
+# The browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+/usr/bin/chromium:
+	apt-get update -qq && apt-get install -y -qq chromium
+
+test: $(BIN)/.installed protos /usr/bin/chromium
 	$(BIN)/python -m pytest -q
 
 clean:

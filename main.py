@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import sys
 import time
@@ -21,12 +22,12 @@ from pathlib import Path
 import cogment
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from apprentice import cog_settings
 from apprentice.launcher import ChildServer, start_python
 from apprentice.metrics import MetricsLogger
-from apprentice.run import Endpoints, RunSession
+from apprentice.run import CLIENT_IMPLEMENTATION, Endpoints, RunSession
 
 log = logging.getLogger("main")
 
@@ -40,8 +41,8 @@ def load_class(class_path: str, what: str):
 
 
 @contextlib.contextmanager
-def child_servers(cfg: DictConfig, log_dir: Path) -> Iterator[Endpoints]:
-    """Start the services and the components unless the config names running ones; stop them after."""
+def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpoints]:
+    """Start the services, the components and the web page unless the config names running ones."""
     started: list[ChildServer] = []
     services = cfg.services
     try:
@@ -63,10 +64,19 @@ def child_servers(cfg: DictConfig, log_dir: Path) -> Iterator[Endpoints]:
                 args += ["--actor", f"{name}={implementation.class_name}"]
             started.append(start_python("components", ["-m", "apprentice.components", *args], log_dir / "components.log"))
             components = started[-1].endpoint
+
+        if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
+            web = cfg.web
+            args = ["--port", str(web.port), "--host", web.host, "--orchestrator", orchestrator,
+                    "--steps-per-second", str(web.steps_per_second), "--run-id", run_id]
+            if web.key_maps:
+                args += ["--key-map", json.dumps(OmegaConf.to_container(web.key_maps))]
+            started.append(start_python("web page", ["-m", "web", *args], log_dir / "web.log"))
+            print(f"Teach the agent at http://{web.host}:{started[-1].port}", flush=True)
         yield Endpoints(orchestrator, datastore, model_registry, components)
     except RuntimeError as error:  # a child did not start: its log says why
         hint = "" if "port is in use" not in str(error) else (
-            "\nFrom main.py, change the ports with services.port=PORT and services.components_port=PORT."
+            "\nFrom main.py, change the ports with services.port=, services.components_port= or web.port=."
         )
         raise SystemExit(f"{error}{hint}") from None
     finally:
@@ -112,7 +122,7 @@ def main(cfg: DictConfig) -> None:
     experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
     run_id = cfg.resume or cfg.run_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"Run {run_id} ({cfg.run.class_name}), logs in {log_dir}", flush=True)
-    with child_servers(cfg, log_dir) as endpoints:
+    with child_servers(cfg, log_dir, run_id) as endpoints:
         asyncio.run(run_experiment(cfg, run_id, endpoints, data_dir))
 
 

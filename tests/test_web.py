@@ -1,0 +1,403 @@
+"""The teacher's web page in a real browser, through real services.
+
+Real processes on free ports: the Cogment services, the components (MountainCar environment and
+the simple_bc player with an untrained published model) and ``python -m web``. Each test opens
+the page in Debian's Chromium (Playwright), starts a trial with the run's own trial parameters
+(``SimpleBCTraining.trial_parameters``, human teacher) through the SDK controller, and checks what
+the trial datastore holds once the trial has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.request import urlopen
+
+import cogment
+import pytest
+from conftest import start_services_process
+from omegaconf import OmegaConf
+
+from actors.simple_bc import SimpleBCModel, SimpleBCTraining
+from apprentice import cog_settings
+from apprentice.launcher import PROJECT_ROOT, ChildServer, start_python
+from apprentice.run import Endpoints, RunSession
+from apprentice.spaces import array_from_tensor, environment_specs, is_noop
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+RUN_ID = "web-test"
+ENV_ID = "MountainCar-v0"
+STEPS_PER_SECOND = 30
+MAX_STEPS = 200  # MountainCar-v0 truncates there; an untrained agent never reaches the flag before
+PUSH_RIGHT = 2
+SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
+TRIAL_INDEXES = itertools.count()
+
+pytestmark = pytest.mark.timeout(300)
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: apt-get install -y chromium")
+
+
+@dataclass
+class Stack:
+    services: ChildServer
+    components: ChildServer
+    web: ChildServer
+    log_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web.port}/"
+
+    @property
+    def endpoints(self) -> Endpoints:
+        endpoint = self.services.endpoint
+        return Endpoints(endpoint, endpoint, endpoint, self.components.endpoint)
+
+    def stats(self) -> dict:
+        with urlopen(self.url + "api/stats", timeout=5) as response:
+            return json.load(response)
+
+    def environment_steps(self, trial_id: str) -> int | None:
+        """What the environment logged when the trial ended (``None`` while it has not)."""
+        match = re.search(rf"Trial {re.escape(trial_id)} \({ENV_ID}\): (\d+) steps", (self.log_dir / "components.log").read_text())
+        return int(match[1]) if match else None
+
+
+async def publish_untrained_model(model_registry_endpoint: str) -> None:
+    context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
+    registry = await context.get_model_registry_v2(cogment.Endpoint(model_registry_endpoint))
+    await SimpleBCModel(RUN_ID, environment_specs(ENV_ID), [64, 64]).store(registry)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("web")
+    started: list[ChildServer] = []
+    try:
+        services = start_services_process(tmp / "data", tmp / "services.log")
+        started.append(services)
+        components_args = [
+            "--port", "0", "--model-registry", services.endpoint,
+            "--environment", "gym=environments.gym_environment.GymEnvironment",
+            "--actor", "simple_bc=actors.simple_bc.SimpleBCActor",
+        ]
+        started.append(start_python("components", ["-m", "apprentice.components", *components_args], tmp / "components.log"))
+        web_args = ["--port", "0", "--orchestrator", services.endpoint, "--steps-per-second", str(STEPS_PER_SECOND), "--run-id", RUN_ID]
+        started.append(start_python("web", ["-m", "web", *web_args], tmp / "web.log"))
+        asyncio.run(publish_untrained_model(services.endpoint))
+        yield Stack(*started, log_dir=tmp)
+    finally:
+        for child in reversed(started):
+            child.stop()
+
+
+# --- trials -------------------------------------------------------------------------------------------
+
+
+class Trials:
+    """Starts trials of the run with the run's own parameters, and reads them back from the datastore."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
+        cfg = {"env_id": ENV_ID, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
+        self.training = SimpleBCTraining(OmegaConf.create(cfg))
+        self.session = RunSession(RUN_ID, self.training.cfg, stack.endpoints, self.context, metrics=None)
+
+    async def start(self) -> str:
+        index = next(TRIAL_INDEXES)  # the tests share the services: one run, trials one after another
+        trial_id = f"{RUN_ID}-trial-{index}"
+        params = self.training.trial_parameters(self.session, index)
+        assert await self.session.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
+        return trial_id
+
+    async def wait_ended(self, trial_id: str, timeout: float = 60.0) -> int:
+        """Steps the environment played; fails unless the trial ends by itself within ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (steps := self.stack.environment_steps(trial_id)) is None:
+            assert asyncio.get_running_loop().time() < deadline, f"trial {trial_id} did not end within {timeout:g} s"
+            await asyncio.sleep(0.2)
+        return steps
+
+    async def teacher_actions(self, trial_id: str) -> list[int | None]:
+        """The teacher's action at each tick (None: NO-OP), from the datastore, final tick left out."""
+        datastore = self.context.get_datastore(cogment.Endpoint(self.stack.services.endpoint))
+        for _ in range(50):  # the datastore has the last samples a moment after the trial ends
+            infos = await datastore.get_trials([trial_id])
+            if infos and infos[0].trial_state == cogment.TrialState.ENDED:
+                break
+            await asyncio.sleep(0.1)
+        actions = []
+        async for sample in datastore.all_samples(infos):
+            player, teacher = sample.actors_data["player"], sample.actors_data["teacher"]
+            if is_noop(player.action):
+                continue  # the final observation
+            actions.append(None if is_noop(teacher.action) else int(array_from_tensor(teacher.action.value)))
+        return actions
+
+
+@pytest.fixture
+async def trials(stack: Stack) -> Trials:
+    return Trials(stack)  # the SDK's Context must be made in the test's event loop
+
+
+# --- the browser ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def open_page(browser, stack: Stack, expected_role: str):
+    """A new tab (own context: own sessionStorage) on the page, once the server has given it a role."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    await page.goto(stack.url)
+    await page.wait_for_function("(role) => document.getElementById('role').dataset.role === role", arg=expected_role)
+    return page
+
+
+async def displayed_step(page) -> int:
+    text = await page.text_content("#step")
+    return int(text) if text and text.isdigit() else -1
+
+
+async def wait_step(page, at_least: int, timeout: float = 30_000) -> int:
+    await page.wait_for_function("(n) => Number(document.getElementById('step').textContent) >= n", arg=at_least, timeout=timeout)
+    return await displayed_step(page)
+
+
+def runs_of(actions: list[int | None], value: int) -> list[tuple[int, int]]:
+    """The [first, last] tick ranges where ``actions`` equals ``value``."""
+    ranges, start = [], None
+    for tick, action in enumerate([*actions, object()]):
+        if action == value and start is None:
+            start = tick
+        elif action != value and start is not None:
+            ranges.append((start, tick - 1))
+            start = None
+    return ranges
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+
+
+@needs_chromium
+async def test_holding_right_demonstrates_push_right_and_releasing_approves(stack, trials, browser):
+    page = await open_page(browser, stack, "teacher")
+    trial_id = await trials.start()
+    await wait_step(page, 20)
+
+    await page.keyboard.down("ArrowRight")
+    pressed_at = await displayed_step(page)
+    await wait_step(page, pressed_at + 20)
+    await page.screenshot(path=str(SCREENSHOT))  # the teacher taking over, mid-trial
+    released_at = await wait_step(page, pressed_at + 40)
+    await page.keyboard.up("ArrowRight")
+    assert await page.text_content("#last-actor") == "Teacher"
+    await wait_step(page, released_at + 40)
+    assert await page.text_content("#last-actor") == "Agent"
+
+    steps = await trials.wait_ended(trial_id)
+    assert steps == MAX_STEPS
+    actions = await trials.teacher_actions(trial_id)
+    assert len(actions) == steps
+    (held,) = runs_of(actions, PUSH_RIGHT)
+    # The page shows step s while the teacher's action for tick s is still being paced, so the key
+    # applies from about the step on screen; a few steps later is transport and a busy 2-core
+    # machine (bench/web_latency.py measures the latency itself).
+    tolerance = 5
+    assert pressed_at - 1 <= held[0] <= pressed_at + tolerance, (held, pressed_at, released_at)
+    assert released_at <= held[1] <= released_at + tolerance, (held, pressed_at, released_at)
+    assert held[1] - held[0] + 1 >= 40 - tolerance
+    assert all(action in (None, PUSH_RIGHT) for action in actions), "only ArrowRight was ever pressed"
+    approvals_after = actions[held[1] + 1 :]
+    assert len(approvals_after) >= 40 and all(action is None for action in approvals_after)
+    await page.context.close()
+
+
+@needs_chromium
+async def test_pause_stops_the_trial_and_resume_goes_on(stack, trials, browser):
+    page = await open_page(browser, stack, "teacher")
+    trial_id = await trials.start()
+    await wait_step(page, 10)
+    await page.keyboard.press("p")
+    await page.wait_for_function("document.getElementById('overlay-title').textContent === 'Paused'", timeout=5000)
+    paused_at = await displayed_step(page)
+    await asyncio.sleep(1.0)  # 30 steps at the page's pace, had it not paused
+    assert await displayed_step(page) <= paused_at + 1
+    await page.keyboard.press("p")
+    await wait_step(page, paused_at + 10)
+    assert await trials.wait_ended(trial_id) == MAX_STEPS
+    await page.context.close()
+
+
+@needs_chromium
+async def test_a_second_tab_is_a_read_only_observer(stack, trials, browser):
+    teacher = await open_page(browser, stack, "teacher")
+    observer = await open_page(browser, stack, "observer")
+    assert await observer.text_content("#role") == "Observer · read-only"
+    assert await observer.is_visible("#observer-note")
+    assert await observer.is_disabled("#pause")
+    assert await teacher.text_content("#role") == "You are the teacher"
+
+    trial_id = await trials.start()
+    await wait_step(observer, 10)
+    assert await observer.locator("#action-buttons button").count() == 3
+    assert await observer.locator("#action-buttons button").first.is_disabled()
+    assert not await teacher.locator("#action-buttons button").first.is_disabled()
+    await observer.keyboard.down("ArrowRight")  # the observer's keys do nothing
+    await wait_step(observer, await displayed_step(observer) + 30)
+    await observer.keyboard.up("ArrowRight")
+    assert await trials.wait_ended(trial_id) == MAX_STEPS
+    assert all(action is None for action in await trials.teacher_actions(trial_id))
+    await teacher.context.close()
+    await observer.context.close()
+
+
+@needs_chromium
+async def test_closing_the_teacher_tab_mid_trial_the_trial_ends_normally(stack, trials, browser):
+    page = await open_page(browser, stack, "teacher")
+    trial_id = await trials.start()
+    await wait_step(page, 10)
+    await page.keyboard.down("ArrowRight")
+    await wait_step(page, 40)
+    await page.context.close()  # with the key still held
+
+    assert await trials.wait_ended(trial_id) == MAX_STEPS
+    actions = await trials.teacher_actions(trial_id)
+    (held,) = runs_of(actions, PUSH_RIGHT)
+    assert held[1] < 60, "the trial went on with NO-OP once the tab was gone"
+    assert all(action is None for action in actions[held[1] + 1 :])
+
+    # The next page to open is the teacher again.
+    page = await open_page(browser, stack, "teacher")
+    await page.context.close()
+
+
+@needs_chromium
+async def test_a_reloaded_teacher_tab_keeps_its_seat(stack, browser):
+    teacher = await open_page(browser, stack, "teacher")
+    observer = await open_page(browser, stack, "observer")
+    await teacher.reload()
+    await teacher.wait_for_function("document.getElementById('role').dataset.role === 'teacher'")
+    await asyncio.sleep(0.3)
+    assert await observer.get_attribute("#role", "data-role") == "observer"
+
+    await teacher.context.close()  # the seat is free: an observer may take it
+    await observer.wait_for_selector("#claim", state="visible")
+    await observer.click("#claim")
+    await observer.wait_for_function("document.getElementById('role').dataset.role === 'teacher'")
+    await observer.context.close()
+
+
+async def test_bad_websocket_input_is_dropped_and_counted_and_the_trial_goes_on(stack, trials):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    url = f"ws://127.0.0.1:{stack.web.port}/ws"
+    before = stack.stats()["dropped"]
+    with pytest.raises(InvalidStatus):
+        async with connect(url, origin="http://evil.example"):
+            pass
+    trial_id = await trials.start()
+    async with connect(url + "?token=script", origin=f"http://127.0.0.1:{stack.web.port}") as ws:
+        for message in ["not json", "[]", '{"t": "input", "a": "2"}', '{"t": "input", "a": 2, "p": "yes"}', "x" * 300]:
+            await ws.send(message)
+        await ws.send(b"\x00\x01binary")
+        await ws.send('{"t": "input", "a": 7, "p": false}')  # MountainCar has actions 0..2
+        for _ in range(300):  # far faster than 30 steps/s
+            await ws.send('{"t": "input", "a": null, "p": false}')
+        await asyncio.sleep(0.5)
+        assert await trials.wait_ended(trial_id) == MAX_STEPS
+    dropped = stack.stats()["dropped"]
+    assert dropped.get("foreign_origin", 0) > before.get("foreign_origin", 0)
+    assert dropped.get("malformed", 0) - before.get("malformed", 0) == 6
+    assert dropped.get("unknown_action", 0) - before.get("unknown_action", 0) == 1
+    assert dropped.get("flood", 0) - before.get("flood", 0) >= 200
+    assert all(action is None for action in await trials.teacher_actions(trial_id))
+
+
+@needs_chromium
+def test_the_screenshot_shows_the_rendered_environment(stack):
+    """Runs after the first test saved it: the frame area is not blank (the car and the hill are drawn)."""
+    from PIL import Image
+
+    assert SCREENSHOT.exists(), "the first test saves docs/screenshot.png"
+    image = Image.open(SCREENSHOT).convert("RGB")
+    colours = image.crop((20, 60, 700, 500)).getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 20, "the frame area is blank"
+
+
+# --- the server's rules, without processes ---------------------------------------------------------------
+
+
+def test_only_well_formed_messages_are_parsed():
+    from web.protocol import Claim, TeacherInput, parse_message
+
+    assert parse_message('{"t": "input", "a": 2, "p": false}') == TeacherInput(2, False)
+    assert parse_message('{"t": "input", "a": null, "p": true}') == TeacherInput(None, True)
+    assert parse_message('{"t": "claim"}') == Claim()
+    for bad in [b"{}", "[]", "nope", '{"t": "input", "a": true}', '{"t": "input", "a": 1.5}', '{"t": "x"}', "[" * 10_000, None]:
+        assert parse_message(bad) is None, bad
+
+
+def test_the_rate_limiter_drops_what_exceeds_its_rate():
+    from web.protocol import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(rate=30, burst=5, clock=lambda: now[0])
+    assert sum(limiter.allow() for _ in range(100)) == 5
+    now[0] += 1.0
+    assert sum(limiter.allow() for _ in range(100)) == 5  # refilled up to the burst, no more
+
+
+async def test_a_tap_between_two_steps_is_still_played_and_the_seat_follows_the_token():
+    from web.hub import OBSERVER, TEACHER, Hub
+    from web.keymaps import DEFAULT_KEY_MAPS
+
+    hub = Hub(steps_per_second=30)
+    first, second = hub.connect("aaa"), hub.connect("bbb")
+    assert (first.role, second.role) == (TEACHER, OBSERVER)
+    hub.trial_started("run-trial-0", 1, ENV_ID, 3, DEFAULT_KEY_MAPS[ENV_ID])
+    hub.receive(first, '{"t": "input", "a": 2, "p": false}')
+    hub.receive(first, '{"t": "input", "a": null, "p": false}')  # released before the step
+    assert hub.take_action() == 2 and hub.take_action() is None
+    hub.receive(second, '{"t": "input", "a": 0, "p": false}')
+    hub.receive(first, '{"t": "input", "a": 3, "p": false}')
+    assert hub.take_action() is None
+    assert hub.dropped == {"observer_input": 1, "unknown_action": 1}
+
+    reloaded = hub.connect("aaa")  # the teacher's tab reloaded before its old socket closed
+    assert (reloaded.role, first.role) == (TEACHER, OBSERVER)
+    hub.receive(reloaded, '{"t": "input", "a": null, "p": true}')
+    assert not hub.is_running()
+    hub.disconnect(reloaded)  # no teacher: never paused, NO-OP
+    assert hub.is_running() and hub.teacher_tab is None
+    hub.receive(second, '{"t": "claim"}')
+    assert second.role == TEACHER
+
+
+def test_key_maps_from_config():
+    from web.keymaps import Control, key_map_for, parse_key_maps
+
+    key_maps = parse_key_maps('{"CartPole-v1": {"a": [0, "left"], "d": 1}}')
+    assert key_maps["CartPole-v1"] == [Control("a", 0, "left"), Control("d", 1, "Action 1")]
+    assert [c.key for c in key_map_for("Unknown-v0", 3, {})] == ["1", "2", "3"]
+    for bad in ['{"X": {"p": 0}}', '{"X": {"a": -1}}', '{"X": []}', "nope"]:
+        with pytest.raises(ValueError):
+            parse_key_maps(bad)

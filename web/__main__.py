@@ -1,0 +1,99 @@
+"""``python -m web --orchestrator grpc://HOST:PORT [--port 8080] [--host 127.0.0.1]``
+
+Serves the teacher's page and plays the client ``teacher`` of the orchestrator's trials. Prints
+``Web page ready on http://HOST:PORT`` once it listens (``--port 0`` picks a free port; the
+launcher reads the port from that line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import socket
+import sys
+
+import cogment
+import uvicorn
+
+from apprentice import cog_settings
+from web.app import create_app
+from web.hub import Hub
+from web.keymaps import merged_key_maps, parse_key_maps
+from web.teacher import WebTeacher
+from web.watcher import TrialWatcher
+
+MAX_WEBSOCKET_MESSAGE_BYTES = 4096  # the page sends ~30-byte messages; a larger one closes the socket
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m web", description=__doc__.splitlines()[0])
+    parser.add_argument("--orchestrator", required=True, help="the orchestrator, grpc://HOST:PORT")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--steps-per-second", type=float, default=30.0, help="pace of the trials the page plays")
+    parser.add_argument(
+        "--key-map",
+        action="append",
+        default=[],
+        help='key maps as JSON, inline or @FILE: {"ENV_ID": {"KEY": [ACTION, "label"]}}; replaces that env\'s default',
+    )
+    parser.add_argument("--run-id", help="play only the trials of this run (property apprentice_run_id)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise SystemExit(f"Port {port} on {host} is in use: choose another with --port (web.port=... in main)") from None
+        raise SystemExit(f"Cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+async def serve(args: argparse.Namespace) -> None:
+    key_maps = {}
+    try:
+        for text in args.key_map:
+            key_maps.update(parse_key_maps(text))
+    except (ValueError, OSError) as error:
+        raise SystemExit(str(error)) from None
+    sock = bind(args.host, args.port)
+
+    hub = Hub(args.steps_per_second)
+    context = cogment.Context(user_id="apprentice-web", cog_settings=cog_settings)
+    teacher = WebTeacher(hub, args.steps_per_second, merged_key_maps(key_maps))
+    context.register_actor(impl=teacher.impl, impl_name="web", actor_classes=teacher.get_actor_classes())
+    watcher = TrialWatcher(context, args.orchestrator, hub, args.run_id)
+
+    app = create_app(hub, background=[watcher.run])
+    config = uvicorn.Config(
+        app, ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES, log_level="warning", timeout_graceful_shutdown=3, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        host, port = sock.getsockname()[:2]
+        print(f"Web page ready on http://{host}:{port}", flush=True)
+    await serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then re-raises the Ctrl-C it caught
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The open tabs, their roles, the teacher's input, and what goes out to each tab.
+
+One tab is the teacher: the first to connect, or the tab that reloads with the teacher's token
+(kept in the tab's ``sessionStorage``), or an observer that claims the seat while it is free. Every
+other tab is a read-only observer. The teacher actor (``teacher.py``) reads the input here and
+publishes each observation here; it never waits on a tab: each tab has its own sender that only
+ever sends the *latest* frame, so a slow or stalled tab skips frames instead of slowing a trial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from web.keymaps import KeyMap, as_json
+from web.protocol import Claim, RateLimiter, TeacherInput, parse_message
+
+log = logging.getLogger(__name__)
+
+TEACHER, OBSERVER = "teacher", "observer"
+MAX_HISTORY = 50  # finished trials listed on the page
+
+
+class Tab:
+    """One open page: its role, its rate limit, and the messages waiting to be sent to it."""
+
+    def __init__(self, tab_id: int, token: str, limiter: RateLimiter) -> None:
+        self.tab_id = tab_id
+        self.token = token
+        self.role = OBSERVER
+        self.limiter = limiter
+        self._controls: deque[str] = deque(maxlen=100)  # hello, role and history: each one matters
+        self._status: dict[str, Any] | None = None  # only the latest matters
+        self._frame: bytes | None = None  # only the latest matters
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def push_control(self, message: dict[str, Any]) -> None:
+        self._controls.append(json.dumps(message))
+        self._wake.set()
+
+    def push_status(self, status: dict[str, Any], frame: bytes | None = None) -> None:
+        self._status = status
+        if frame is not None:
+            self._frame = frame
+        self._wake.set()
+
+    async def run_sender(self, send_text: Callable[[str], Awaitable[None]], send_bytes: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send what is pending, latest frame only, until the tab closes (or a send fails)."""
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._controls:
+                await send_text(self._controls.popleft())
+            status, frame = self._status, self._frame
+            self._status = self._frame = None
+            if status is not None:
+                # The page applies a status together with the frame that follows it: no flicker.
+                await send_text(json.dumps({**status, "t": "status", "role": self.role, "frame": frame is not None}))
+            if frame is not None:
+                await send_bytes(frame)
+
+
+@dataclass
+class TrialView:
+    """What the page shows of the trial being played."""
+
+    trial_id: str
+    trial_number: int | None
+    env_id: str
+    key_map: KeyMap
+    step: int = 0
+    teacher_steps: int = 0  # steps on which the teacher took over (from the observations)
+    last_actor: str | None = None  # "agent" or "teacher": who acted on the previous step
+    started: float = field(default_factory=time.monotonic)
+
+
+class Hub:
+    """Shared by the web app (tabs) and the teacher actor (trials), on one event loop."""
+
+    def __init__(self, steps_per_second: float) -> None:
+        self.steps_per_second = steps_per_second
+        self.tabs: dict[int, Tab] = {}
+        self.teacher_tab: Tab | None = None
+        self.teacher_token: str | None = None
+        self.dropped: Counter[str] = Counter()  # why tab messages were dropped
+        self.orchestrator = "connecting"
+        self.trial: TrialView | None = None
+        self.history: list[dict[str, Any]] = []
+        self._valid_actions: set[int] = set()
+        self._held: int | None = None  # action of the key the teacher holds
+        self._latched: int | None = None  # a key pressed since the last step: a short tap still counts
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._step_times: deque[float] = deque(maxlen=60)
+        self._next_tab_id = 0
+        self._status_seq = 0  # the page never shows an older status over a newer one
+
+    # -- tabs ----------------------------------------------------------------------------------------
+
+    def connect(self, token: str) -> Tab:
+        """A new tab. It is the teacher if it is the teacher's tab reloaded, or if the seat is free."""
+        self._next_tab_id += 1
+        # Floods faster than the step rate are dropped (a burst absorbs a quick series of taps).
+        tab = Tab(self._next_tab_id, token, RateLimiter(rate=max(self.steps_per_second, 10.0), burst=20))
+        self.tabs[tab.tab_id] = tab
+        if token and token == self.teacher_token and self.teacher_tab is not None:
+            previous = self.teacher_tab  # the reloaded page connected before the old one closed
+            previous.role = OBSERVER
+            previous.push_control({"t": "role", "role": OBSERVER})
+            self.teacher_tab = None
+        if self.teacher_tab is None:
+            self._seat(tab)
+        tab.push_control(
+            {
+                "t": "hello",
+                "role": tab.role,
+                "steps_per_second": self.steps_per_second,
+                "key_map": as_json(self.trial.key_map) if self.trial else [],
+                "history": self.history,
+            }
+        )
+        self.broadcast_status()
+        return tab
+
+    def disconnect(self, tab: Tab) -> None:
+        """A tab left. Without the teacher the trial goes on with NO-OP (and never stays paused)."""
+        tab.closed = True
+        tab._wake.set()
+        self.tabs.pop(tab.tab_id, None)
+        if tab is self.teacher_tab:
+            self.teacher_tab = None
+            self._held = None  # a demonstration already received (the latch) is still played
+            self._set_paused(False)
+        self.broadcast_status()
+
+    def _seat(self, tab: Tab) -> None:
+        tab.role = TEACHER
+        self.teacher_tab = tab
+        self.teacher_token = tab.token or None
+        tab.push_control({"t": "role", "role": TEACHER})
+
+    def receive(self, tab: Tab, text: str | bytes | None) -> None:
+        """A message from a tab; anything unusable is dropped and counted, never raised."""
+        if not tab.limiter.allow():
+            self.dropped["flood"] += 1
+            return
+        message = parse_message(text)
+        if message is None:
+            self.dropped["malformed"] += 1
+        elif isinstance(message, Claim):
+            if self.teacher_tab is None:
+                self._seat(tab)
+                self.broadcast_status()
+            else:
+                self.dropped["claim_refused"] += 1
+        elif tab is not self.teacher_tab:
+            self.dropped["observer_input"] += 1
+        elif message.action is not None and message.action not in self._valid_actions:
+            self.dropped["unknown_action"] += 1
+        else:
+            self._apply(message)
+
+    def _apply(self, message: TeacherInput) -> None:
+        if message.action is not None and message.action != self._held:
+            self._latched = message.action
+        self._held = message.action
+        if message.paused != self._paused:
+            self._set_paused(message.paused)
+            self.broadcast_status()
+
+    def _set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        if paused:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
+
+    # -- the teacher actor's side ------------------------------------------------------------------
+
+    def trial_started(self, trial_id: str, trial_number: int | None, env_id: str, num_actions: int, key_map: KeyMap) -> None:
+        self.trial = TrialView(trial_id, trial_number, env_id, key_map)
+        self._valid_actions = set(range(num_actions))
+        self._latched = None
+        self._step_times.clear()
+        for tab in self.tabs.values():
+            tab.push_control({"t": "trial", "trial_id": trial_id, "env_id": env_id, "key_map": as_json(key_map)})
+        self.broadcast_status()
+
+    def observation(self, trial_id: str, step: int, last_step_demonstration: bool | None, frame: bytes | None) -> None:
+        """A new observation of ``trial_id``: count it and show it in every tab."""
+        trial = self.trial
+        if trial is None or trial.trial_id != trial_id:
+            return  # a trial running alongside the one on screen: played, not shown
+        trial.step = step
+        if last_step_demonstration is not None:
+            trial.last_actor = "teacher" if last_step_demonstration else "agent"
+            trial.teacher_steps += last_step_demonstration
+        self._step_times.append(time.monotonic())
+        self.broadcast_status(frame)
+
+    def is_running(self) -> bool:
+        return self._resumed.is_set()
+
+    async def wait_until_resumed(self) -> None:
+        await self._resumed.wait()
+
+    def take_action(self) -> int | None:
+        """The action for this step: the key held, else a key tapped since the last step, else NO-OP."""
+        action = self._held if self._held is not None else self._latched
+        self._latched = None
+        return action
+
+    def trial_ended(self, trial_id: str) -> None:
+        trial = self.trial
+        if trial is None or trial.trial_id != trial_id:
+            return
+        summary = {
+            "trial_id": trial.trial_id,
+            "trial": trial.trial_number,
+            "steps": trial.step,
+            "teacher_steps": trial.teacher_steps,
+            "intervention_rate": trial.teacher_steps / trial.step if trial.step else 0.0,
+            "seconds": round(time.monotonic() - trial.started, 1),
+        }
+        self.history = [*self.history, summary][-MAX_HISTORY:]
+        self.trial = None
+        self._latched = None
+        for tab in self.tabs.values():
+            tab.push_control({"t": "ended", "summary": summary})
+        self.broadcast_status()
+
+    def set_orchestrator(self, state: str) -> None:
+        if state != self.orchestrator:
+            self.orchestrator = state
+            self.broadcast_status()
+
+    # -- what every tab sees ---------------------------------------------------------------------------
+
+    def steps_per_second_measured(self) -> float:
+        times = self._step_times
+        if len(times) < 2 or time.monotonic() - times[-1] > 1.0:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def status(self) -> dict[str, Any]:
+        trial = self.trial
+        return {
+            "phase": "running" if trial else "waiting",
+            "trial_id": trial.trial_id if trial else None,
+            "trial": trial.trial_number if trial else None,
+            "env_id": trial.env_id if trial else None,
+            "step": trial.step if trial else None,
+            "last_actor": trial.last_actor if trial else None,
+            "teacher_steps": trial.teacher_steps if trial else None,
+            "steps_per_second": round(self.steps_per_second_measured(), 1),
+            "target_steps_per_second": self.steps_per_second,
+            "paused": self._paused,
+            "teacher_present": self.teacher_tab is not None,
+            "observers": sum(tab.role == OBSERVER for tab in self.tabs.values()),
+            "orchestrator": self.orchestrator,
+        }
+
+    def broadcast_status(self, frame: bytes | None = None) -> None:
+        self._status_seq += 1
+        status = {**self.status(), "seq": self._status_seq}
+        for tab in self.tabs.values():
+            tab.push_status(status, frame)
+
+    def stats(self) -> dict[str, Any]:
+        """For ``GET /api/stats``: counters a person or a test can check."""
+        return {**self.status(), "tabs": len(self.tabs), "dropped": dict(self.dropped), "history": self.history}

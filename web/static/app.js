@@ -1,0 +1,334 @@
+// The teacher's page: draws the frames the server streams, shows the status, sends the key held.
+// The server decides roles (teacher or observer) and validates everything it receives; the page
+// only sends its full input state ({t: "input", a: ACTION_OR_NULL, p: PAUSED}) when it changes,
+// and again twice a second so that a dropped message is repaired.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("frame");
+const ctx = canvas.getContext("2d");
+
+const state = {
+  ws: null,
+  role: null,
+  keyMap: [], // [{key, action, label}] for the trial's environment
+  status: null,
+  paused: false, // what this teacher wants; the server's status says what is
+  keysDown: [], // control keys held, in press order: the last one pressed wins
+  pointerAction: null, // an on-screen button held with mouse or touch
+  lastSent: "",
+  retry: 0,
+  history: [],
+};
+
+// A tab keeps its token across reloads (sessionStorage), so a reloaded teacher gets its seat back.
+const token = sessionStorage.getItem("apprentice-token") || Math.random().toString(36).slice(2, 14);
+sessionStorage.setItem("apprentice-token", token);
+
+// --- connection -----------------------------------------------------------------------------------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${token}`);
+  ws.binaryType = "blob";
+  state.ws = ws;
+  setLink("connecting");
+  ws.onopen = () => { state.retry = 0; state.lastSent = ""; state.status = null; setLink("connected"); };
+  ws.onmessage = (event) => (typeof event.data === "string" ? onText(event.data) : onFrame(event.data));
+  ws.onclose = () => {
+    state.ws = null;
+    const delay = Math.min(5000, 250 * 2 ** state.retry++);
+    setLink("reconnecting");
+    render();
+    setTimeout(connect, delay);
+  };
+}
+
+function send(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+}
+
+function onText(text) {
+  const message = JSON.parse(text);
+  switch (message.t) {
+    case "hello":
+      state.history = message.history || [];
+      setKeyMap(message.key_map || []);
+      $("target-sps").textContent = message.steps_per_second;
+      setRole(message.role);
+      renderHistory();
+      break;
+    case "role":
+      setRole(message.role);
+      break;
+    case "trial":
+      setKeyMap(message.key_map || []);
+      break;
+    case "ended":
+      state.history.push(message.summary);
+      renderHistory();
+      break;
+    case "status":
+      if (message.frame) pendingStatus = message; // shown with its frame, in one paint
+      else applyStatus(message);
+      break;
+  }
+}
+
+// --- frames: decode off the main path, draw only the newest, status and frame together -------------
+
+let pendingStatus = null;
+let nextFrame = null;
+let drawing = false;
+const frameTimes = [];
+
+function onFrame(blob) {
+  nextFrame = { blob, status: pendingStatus };
+  pendingStatus = null;
+  if (!drawing) drawFrames();
+}
+
+async function drawFrames() {
+  drawing = true;
+  while (nextFrame) {
+    const { blob, status } = nextFrame;
+    nextFrame = null;
+    try {
+      const bitmap = await createImageBitmap(blob);
+      if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+        canvas.width = bitmap.width;
+        canvas.height = bitmap.height;
+        $("stage").style.aspectRatio = `${bitmap.width} / ${bitmap.height}`;
+      }
+      ctx.drawImage(bitmap, 0, 0);
+      bitmap.close();
+      frameTimes.push(performance.now());
+    } catch (error) {
+      console.warn("undecodable frame", error);
+    }
+    if (status) applyStatus(status);
+  }
+  drawing = false;
+}
+
+function displayedFps() {
+  const now = performance.now();
+  while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
+  return frameTimes.length;
+}
+setInterval(() => { $("fps").textContent = displayedFps(); }, 250);
+
+// --- status -----------------------------------------------------------------------------------------
+
+function applyStatus(status) {
+  // A frame's status is applied once the frame is decoded: a newer status may be shown already.
+  if (state.status && status.seq <= state.status.seq) return;
+  state.status = status;
+  if (status.role && status.role !== state.role) setRole(status.role);
+  render();
+}
+
+function render() {
+  const s = state.status;
+  const connected = state.ws && state.ws.readyState === WebSocket.OPEN;
+  const running = s && s.phase === "running";
+  $("trial").textContent = running ? (s.trial ?? "?") : "–";
+  $("step").textContent = running ? s.step : "–";
+  $("sps").textContent = s ? s.steps_per_second.toFixed(0) : "0";
+  $("teacher-steps").textContent = running && s.step ? `${s.teacher_steps} (${Math.round((100 * s.teacher_steps) / s.step)}%)` : "–";
+  $("audience").textContent = s ? s.observers : "–";
+
+  const who = $("last-actor");
+  const last = running ? s.last_actor : null;
+  who.className = `last-actor ${last || "none"}`;
+  who.textContent = last === "teacher" ? "Teacher" : last === "agent" ? "Agent" : "–";
+
+  const orchestrator = s ? s.orchestrator : "–";
+  $("orch-state").textContent = orchestrator;
+  $("orch-dot").className = `dot ${orchestrator === "connected" ? "ok" : orchestrator === "unreachable" ? "bad" : ""}`;
+
+  const paused = !!(s && s.paused);
+  const pause = $("pause");
+  pause.classList.toggle("on", paused);
+  pause.firstChild.textContent = paused ? "Resume " : "Pause ";
+
+  // The overlay says why the picture is not moving: no link, no trial, or paused.
+  let title = "", detail = "";
+  if (!connected) { title = "Connection lost"; detail = "Reconnecting to the web server…"; }
+  else if (!s || !running) {
+    title = "Waiting for the next trial…";
+    const done = state.history[state.history.length - 1];
+    detail = done ? `Trial ${done.trial ?? "?"} ended after ${done.steps} steps; you took over ${done.teacher_steps} times.` : "The page joins the next trial as soon as the run starts it.";
+    if (s && s.orchestrator !== "connected") detail = "The Cogment orchestrator is not reachable yet.";
+  } else if (paused) { title = "Paused"; detail = state.role === "teacher" ? "Press P (or Resume) to go on." : "The teacher paused the trial."; }
+  $("stage").classList.toggle("dim", !!title);
+  $("overlay-title").textContent = title;
+  $("overlay-detail").textContent = detail;
+
+  $("claim").hidden = !(connected && state.role === "observer" && s && !s.teacher_present);
+  renderActing();
+}
+
+function renderActing() {
+  const action = currentAction();
+  const acting = $("acting");
+  const control = state.keyMap.find((c) => c.action === action);
+  const teaching = state.role === "teacher";
+  acting.classList.toggle("taking-over", teaching && action !== null);
+  acting.textContent = !teaching ? "Read-only: watching the teacher" : action === null ? "You approve the agent (no key held)" : `You take over: ${control ? control.label : action}`;
+  for (const button of $("action-buttons").children) {
+    button.classList.toggle("active", teaching && Number(button.dataset.action) === action);
+  }
+}
+
+function renderHistory() {
+  const body = $("history");
+  body.replaceChildren();
+  if (!state.history.length) {
+    body.innerHTML = '<tr class="empty"><td colspan="4">None yet</td></tr>';
+    return;
+  }
+  for (const trial of state.history.slice(-8).reverse()) {
+    const row = document.createElement("tr");
+    for (const text of [trial.trial ?? "?", trial.steps, trial.teacher_steps, `${Math.round(100 * trial.intervention_rate)}%`]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    body.append(row);
+  }
+}
+
+function setLink(link) {
+  $("ws-state").textContent = link;
+  $("ws-dot").className = `dot ${link === "connected" ? "ok" : link === "reconnecting" ? "bad" : ""}`;
+}
+
+function setRole(role) {
+  const wasTeacher = state.role === "teacher";
+  state.role = role;
+  const badge = $("role");
+  badge.dataset.role = role;
+  badge.className = `role role-${role}`;
+  badge.textContent = role === "teacher" ? "You are the teacher" : "Observer · read-only";
+  badge.title = role === "teacher" ? "Your keys and buttons act in the trial" : "Another tab is the teacher; this one only watches";
+  document.title = role === "teacher" ? "Apprentice · Teacher" : "Apprentice · Observer";
+  $("observer-note").hidden = role !== "observer";
+  for (const button of document.querySelectorAll(".controls button")) button.disabled = role !== "teacher";
+  if (role === "teacher" && !wasTeacher) state.paused = !!(state.status && state.status.paused);
+  state.lastSent = "";
+  render();
+}
+
+function setKeyMap(keyMap) {
+  state.keyMap = keyMap;
+  const legend = $("legend");
+  legend.replaceChildren();
+  const buttons = $("action-buttons");
+  buttons.replaceChildren();
+  for (const control of keyMap) {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td><kbd></kbd></td><td></td>`;
+    row.querySelector("kbd").textContent = keyLabel(control.key);
+    row.lastChild.textContent = control.label;
+    legend.append(row);
+
+    const button = document.createElement("button");
+    button.dataset.action = control.action;
+    button.innerHTML = `<span></span><kbd></kbd>`;
+    button.firstChild.textContent = control.label;
+    button.lastChild.textContent = keyLabel(control.key);
+    button.disabled = state.role !== "teacher";
+    bindPointer(button, control.action);
+    buttons.append(button);
+  }
+  const pauseRow = document.createElement("tr");
+  pauseRow.innerHTML = "<td><kbd>P</kbd></td><td>Pause / resume</td>";
+  legend.append(pauseRow);
+  renderActing();
+}
+
+function keyLabel(key) {
+  return { ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "Space" }[key] || key;
+}
+
+// --- input: keyboard, on-screen buttons ----------------------------------------------------------------
+
+function currentAction() {
+  if (state.pointerAction !== null) return state.pointerAction;
+  for (let i = state.keysDown.length - 1; i >= 0; i--) {
+    const control = state.keyMap.find((c) => c.key === state.keysDown[i]);
+    if (control) return control.action;
+  }
+  return null;
+}
+
+function sendInput(force = false) {
+  if (state.role !== "teacher") return;
+  const message = JSON.stringify({ t: "input", a: currentAction(), p: state.paused });
+  if (message === state.lastSent && !force) return;
+  state.lastSent = message;
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(message);
+  renderActing();
+}
+setInterval(() => sendInput(true), 500);
+
+function togglePause() {
+  if (state.role !== "teacher") return;
+  state.paused = !(state.status && state.status.paused);
+  sendInput();
+}
+
+window.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "p" || event.key === "P") {
+    event.preventDefault();
+    if (!event.repeat) togglePause();
+    return;
+  }
+  if (!state.keyMap.some((c) => c.key === event.key)) return;
+  event.preventDefault(); // arrows would scroll the page
+  if (event.repeat || state.keysDown.includes(event.key)) return;
+  state.keysDown.push(event.key);
+  sendInput();
+});
+
+window.addEventListener("keyup", (event) => {
+  const index = state.keysDown.indexOf(event.key);
+  if (index < 0) return;
+  state.keysDown.splice(index, 1);
+  sendInput();
+});
+
+// A key released while the window is not focused never sends keyup: release everything.
+function releaseAll() {
+  state.keysDown = [];
+  state.pointerAction = null;
+  sendInput();
+}
+window.addEventListener("blur", releaseAll);
+document.addEventListener("visibilitychange", () => { if (document.hidden) releaseAll(); });
+
+function bindPointer(button, action) {
+  button.addEventListener("pointerdown", (event) => {
+    if (button.disabled) return;
+    button.setPointerCapture(event.pointerId);
+    state.pointerAction = action;
+    sendInput();
+  });
+  const release = () => {
+    if (state.pointerAction !== action) return;
+    state.pointerAction = null;
+    sendInput();
+  };
+  button.addEventListener("pointerup", release);
+  button.addEventListener("pointercancel", release);
+  button.addEventListener("lostpointercapture", release);
+  button.addEventListener("contextmenu", (event) => event.preventDefault()); // long touch
+}
+
+$("pause").addEventListener("click", togglePause);
+$("claim").addEventListener("click", () => send({ t: "claim" }));
+
+connect();
+render();
