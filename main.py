@@ -92,8 +92,10 @@ async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, dat
     try:
         run_session = await RunSession(run_id, cfg.run, endpoints, context, metrics).open()
         await training.impl(run_session)
-    finally:
-        metrics.close()
+    except BaseException:
+        metrics.close("FAILED")
+        raise
+    metrics.close()
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
