@@ -216,14 +216,7 @@ class Trial:
         connection = Connection(stub.RunTrial(metadata=(("trial-id", self.id),)), f"actor {actor.name!r}")
         actor.connection = connection
         connection.send(common_pb2.ActorRunTrialInput(state=NORMAL, init_input=actor.init_input(self.environment.name)))
-        while True:
-            message = await connection.receive()
-            if message.state == HEARTBEAT:
-                connection.send(common_pb2.ActorRunTrialInput(state=HEARTBEAT))
-            elif message.state == NORMAL and message.HasField("init_output"):
-                return
-            else:
-                raise ProtocolError(f"expected init_output, got {common_pb2.CommunicationState.Name(message.state)}")
+        await _await_init_output(connection, common_pb2.ActorRunTrialInput(state=HEARTBEAT))
 
     async def _initialize_environment(self) -> None:
         environment = self.environment
@@ -233,14 +226,7 @@ class Trial:
         connection.send(
             environment_pb2.EnvRunTrialInput(state=NORMAL, init_input=environment.init_input(self.tick_id, self.actors))
         )
-        while True:
-            message = await connection.receive()
-            if message.state == HEARTBEAT:
-                connection.send(environment_pb2.EnvRunTrialInput(state=HEARTBEAT))
-            elif message.state == NORMAL and message.HasField("init_output"):
-                return
-            else:
-                raise ProtocolError(f"expected init_output, got {common_pb2.CommunicationState.Name(message.state)}")
+        await _await_init_output(connection, environment_pb2.EnvRunTrialInput(state=HEARTBEAT))
 
     # -- client actors -----------------------------------------------------------------------------
 
@@ -656,6 +642,18 @@ class Trial:
         if with_observation and self.latest_observation is not None:
             info.latest_observation.CopyFrom(self.latest_observation)
         return info
+
+
+async def _await_init_output(connection: Connection, heartbeat_reply) -> None:
+    """Read until the component's init_output, answering its heartbeats; anything else is an error."""
+    while True:
+        message = await connection.receive()
+        if message.state == HEARTBEAT:
+            connection.send(heartbeat_reply)
+        elif message.state == NORMAL and message.HasField("init_output"):
+            return
+        else:
+            raise ProtocolError(f"expected init_output, got {common_pb2.CommunicationState.Name(message.state)}")
 
 
 class ProtocolError(Exception):
