@@ -15,7 +15,7 @@ import numpy as np
 from cogment.actor import ActorSession
 
 from apprentice.protos.data_pb2 import ActorConfig
-from apprentice.spaces import array_from_tensor, gym_action, gym_from_space, noop_action, player_action
+from apprentice.spaces import ActionSpace, array_from_tensor, gym_action, gym_from_space
 
 SUPPORTED_ENV_IDS = ("MountainCar-v0",)
 PUSH_LEFT, NO_PUSH, PUSH_RIGHT = 0, 1, 2
@@ -52,10 +52,11 @@ class ScriptedTeacher:
         if action_space != gymnasium.spaces.Discrete(3):
             raise ValueError(f"expected MountainCar's Discrete(3) actions, got {action_space}")
 
+        teacher_actions = ActionSpace(action_space, with_noop=True)
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                 observation = event.observation.observation
                 last_player_action = gym_action(observation.last_player_action, action_space) if observation.HasField("last_player_action") else None
                 decision = teacher_decision(array_from_tensor(observation.value), last_player_action)
-                actor_session.do_action(noop_action() if decision is None else player_action(decision, action_space))
+                actor_session.do_action(teacher_actions.create(value=decision))  # None: NO-OP

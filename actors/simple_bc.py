@@ -27,7 +27,7 @@ from torch import nn
 from apprentice.model import Model
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
-from apprentice.spaces import array_from_tensor, environment_specs, gym_from_space, is_noop, noop_action, player_action
+from apprentice.spaces import ActionSpace, array_from_tensor, environment_specs, gym_from_space, is_noop
 from apprentice.teaching import TeacherMode, decide
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class SimpleBCActor:
                 if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                     observation = array_from_tensor(event.observation.observation.value)
                     action = policy.model.act(observation)
-                    actor_session.do_action(player_action(action, policy.model.action_space))
+                    actor_session.do_action(ActionSpace(policy.model.action_space).create(value=action))
         finally:
             if updates is not None:
                 updates.cancel()
@@ -203,7 +203,7 @@ class SimpleBCTraining:
         )
         actors = [run_session.actor_parameters("player", "player", cfg.player.implementation, actor_config)]
         if cfg.teacher.implementation:
-            teacher_options = {"optional": True, "default_action": noop_action()} if human else {}
+            teacher_options = {"optional": True, "default_action": ActionSpace.from_specs(self.environment_specs, with_noop=True).create()} if human else {}
             actors.append(
                 run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, actor_config, **teacher_options)
             )

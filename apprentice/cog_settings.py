@@ -9,7 +9,7 @@ Two actor classes share one observation and one action message:
 * ``player`` is the agent being trained; it must act at every tick.
 * ``teacher`` watches the same observations and may take over. Its action space is the player's
   plus one extra action, NO-OP ("I approve what the player does"), written as a ``PlayerAction``
-  whose ``value`` is not set (see ``apprentice.spaces.noop_action``).
+  whose ``value`` is not set (``apprentice.spaces.ActionSpace(space, with_noop=True).create()``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ messages: ``Tensor`` for arrays, ``Space`` for gymnasium spaces and ``PlayerActi
 Only ``Discrete`` (starting at 0) and ``Box`` spaces are supported: they cover the classic-control,
 Box2D and MuJoCo environments the project targets.
 
-Actions: a player always sends a value; a teacher sends either a value (it takes over) or a NO-OP,
-a ``PlayerAction`` without ``value`` (it approves what the player does).
+Actions: ``ActionSpace.create``; a player always sends a value; a teacher sends either a value
+(it takes over) or a NO-OP, a ``PlayerAction`` without ``value`` (it approves what the player does).
 """
 
 from __future__ import annotations
@@ -98,23 +98,43 @@ def environment_specs(env_id: str, make_kwargs: dict[str, Any] | None = None) ->
 # --- Actions -----------------------------------------------------------------------------------
 
 
-def player_action(value: GymAction, action_space: gymnasium.Space) -> PlayerAction:
-    """A ``PlayerAction`` carrying ``value``, stored with the dtype/shape of ``action_space``.
+class ActionSpace:
+    """The actions of one actor class: a gymnasium space, plus the NO-OP for a teacher.
 
-    Discrete actions become a 0-d int64 tensor, Box actions an array of the space's dtype and shape.
+    ``create(value=...)`` builds the ``PlayerAction`` an actor sends: Discrete values become a 0-d
+    int64 tensor, Box values an array of the space's dtype and shape. A teacher's space
+    (``with_noop=True``) has one more action: ``create()`` without a value, the NO-OP ("I approve
+    what the player does"), a ``PlayerAction`` whose ``value`` is not set.
     """
-    if isinstance(action_space, gymnasium.spaces.Discrete):
-        array = np.asarray(value, dtype=np.int64).reshape(())
-    elif isinstance(action_space, gymnasium.spaces.Box):
-        array = np.asarray(value, dtype=action_space.dtype).reshape(action_space.shape)
-    else:
-        raise NotImplementedError(f"unsupported gymnasium space: {action_space}")
-    return PlayerAction(value=tensor_from_array(array))
 
+    def __init__(self, gym_space: gymnasium.Space, with_noop: bool = False) -> None:
+        if not isinstance(gym_space, (gymnasium.spaces.Discrete, gymnasium.spaces.Box)):
+            raise NotImplementedError(f"unsupported gymnasium space: {gym_space}")
+        self.gym_space = gym_space
+        self.with_noop = with_noop
 
-def noop_action() -> PlayerAction:
-    """The teacher's extra action: "do not take over". It is a ``PlayerAction`` without ``value``."""
-    return PlayerAction()
+    @classmethod
+    def from_specs(cls, specs: EnvironmentSpecs, with_noop: bool = False) -> ActionSpace:
+        return cls(gym_from_space(specs.action_space), with_noop)
+
+    def create(self, value: GymAction | None = None) -> PlayerAction:
+        if value is None:
+            if not self.with_noop:
+                raise ValueError("only a teacher's action space has a NO-OP: give the player's action a value")
+            return PlayerAction()
+        if isinstance(self.gym_space, gymnasium.spaces.Discrete):
+            array = np.asarray(value, dtype=np.int64).reshape(())
+        else:
+            array = np.asarray(value, dtype=self.gym_space.dtype).reshape(self.gym_space.shape)
+        return PlayerAction(value=tensor_from_array(array))
+
+    @staticmethod
+    def serialize(action: PlayerAction) -> bytes:
+        return action.SerializeToString()
+
+    @staticmethod
+    def deserialize(data: bytes) -> PlayerAction:
+        return PlayerAction.FromString(data)
 
 
 def is_noop(action: PlayerAction | None) -> bool:

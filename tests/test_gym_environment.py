@@ -31,7 +31,7 @@ from actors.simple_bc import SimpleBCModel
 from apprentice import cog_settings
 from apprentice.launcher import ChildServer, start_python
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
-from apprentice.spaces import InvalidAction, array_from_tensor, environment_specs, gym_action, is_noop, player_action
+from apprentice.spaces import ActionSpace, InvalidAction, array_from_tensor, environment_specs, gym_action, is_noop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,7 +53,7 @@ class InvalidTeacher:
         return [cog_settings.TEACHER_ACTOR_CLASS]
 
     async def impl(self, actor_session) -> None:
-        action = player_action(INVALID_TEACHER_VALUE, gymnasium.spaces.Discrete(INVALID_TEACHER_VALUE + 1))
+        action = ActionSpace(gymnasium.spaces.Discrete(INVALID_TEACHER_VALUE + 1)).create(value=INVALID_TEACHER_VALUE)
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:

@@ -8,15 +8,14 @@ import pytest
 
 from apprentice.protos.data_pb2 import PlayerAction, Space, Tensor
 from apprentice.spaces import (
+    ActionSpace,
     InvalidAction,
     array_from_tensor,
     environment_specs,
     gym_action,
     gym_from_space,
     is_noop,
-    noop_action,
     parse_make_kwargs,
-    player_action,
     space_from_gym,
     tensor_from_array,
 )
@@ -108,7 +107,11 @@ BOX = gymnasium.spaces.Box(low=np.array([-1, 0], np.float32), high=np.array([1, 
 
 def wire(action: PlayerAction) -> PlayerAction:
     """What the receiver sees after Cogment carried the bytes."""
-    return PlayerAction.FromString(action.SerializeToString())
+    return ActionSpace.deserialize(ActionSpace.serialize(action))
+
+
+def player_action(value, space) -> PlayerAction:
+    return ActionSpace(space).create(value=value)
 
 
 @pytest.mark.parametrize("value", [0, 1, 2, np.int64(2)])
@@ -134,7 +137,7 @@ def test_box_action_from_a_list_is_cast_to_the_space_dtype():
 
 
 def test_noop():
-    action = wire(noop_action())
+    action = wire(ActionSpace(DISCRETE, with_noop=True).create())
     assert is_noop(action)
     assert is_noop(None)
     assert action.SerializeToString() == b""
@@ -169,3 +172,9 @@ def test_invalid_box_actions():
 def test_box_clip():
     result = gym_action(player_action([5.0, -3.0], BOX), BOX, clip=True)
     np.testing.assert_array_equal(result, [1.0, 0.0])
+
+
+def test_only_a_teachers_space_has_a_noop():
+    with pytest.raises(ValueError, match="NO-OP"):
+        ActionSpace(DISCRETE).create()
+    assert not is_noop(ActionSpace(DISCRETE, with_noop=True).create(value=2))

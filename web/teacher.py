@@ -17,7 +17,7 @@ import gymnasium
 
 from apprentice.cog_settings import TEACHER_ACTOR_CLASS
 from apprentice.protos.data_pb2 import ActorConfig, Observation
-from apprentice.spaces import gym_from_space, noop_action, player_action
+from apprentice.spaces import ActionSpace, gym_from_space
 from web.hub import Hub
 from web.keymaps import KeyMap, key_map_for
 
@@ -94,6 +94,6 @@ class WebTeacher:
                     await self.hub.wait_until_resumed()
                     pacer.restart()
                 action = self.hub.take_action() if num_actions else None
-                actor_session.do_action(noop_action() if action is None else player_action(action, action_space))
+                actor_session.do_action(ActionSpace(action_space, with_noop=True).create(value=action))  # None: NO-OP
         finally:
             self.hub.trial_ended(trial_id)

@@ -25,7 +25,7 @@ import cogment
 
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig
 from apprentice.run import RunSession, SampleProducerSession
-from apprentice.spaces import environment_specs, gym_from_space, noop_action, player_action
+from apprentice.spaces import ActionSpace, environment_specs, gym_from_space
 from apprentice.teaching import TeacherMode
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class SimpleBCActor:
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
-                actor_session.do_action(player_action(action_space.sample(), action_space))
+                actor_session.do_action(ActionSpace(action_space).create(value=action_space.sample()))
 
 
 # --- The run -----------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class SimpleBCTraining:
         actors = [run_session.actor_parameters("player", "player", cfg.player.implementation, actor_config)]
         if cfg.teacher.implementation:
             # A person may close the browser tab: their slot is optional, and then stays NO-OP.
-            teacher_options = {"optional": True, "default_action": noop_action()} if human else {}
+            teacher_options = {"optional": True, "default_action": ActionSpace.from_specs(self.environment_specs, with_noop=True).create()} if human else {}
             actors.append(
                 run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, actor_config, **teacher_options)
             )

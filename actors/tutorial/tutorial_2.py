@@ -33,7 +33,7 @@ import torch
 
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig
 from apprentice.run import RunSession, SampleProducerSession
-from apprentice.spaces import array_from_tensor, environment_specs, gym_from_space, is_noop, noop_action, player_action
+from apprentice.spaces import ActionSpace, array_from_tensor, environment_specs, gym_from_space, is_noop
 from apprentice.teaching import TeacherMode, decide
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class SimpleBCActor:
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
-                actor_session.do_action(player_action(action_space.sample(), action_space))
+                actor_session.do_action(ActionSpace(action_space).create(value=action_space.sample()))
 
 
 # --- The run -----------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ class SimpleBCTraining:
         actors = [run_session.actor_parameters("player", "player", cfg.player.implementation, actor_config)]
         if cfg.teacher.implementation:
             # A person may close the browser tab: their slot is optional, and then stays NO-OP.
-            teacher_options = {"optional": True, "default_action": noop_action()} if human else {}
+            teacher_options = {"optional": True, "default_action": ActionSpace.from_specs(self.environment_specs, with_noop=True).create()} if human else {}
             actors.append(
                 run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, actor_config, **teacher_options)
             )
