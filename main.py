@@ -40,6 +40,17 @@ def load_class(class_path: str, what: str):
         raise SystemExit(f"{what} = {class_path!r} cannot be loaded ({error}): give a module.Class path") from None
 
 
+def start_child(name: str, args: list[str], log_path: Path) -> ChildServer:
+    """``python *args`` as a child process; if it cannot start, exit with its log's reason."""
+    try:
+        return start_python(name, args, log_path)
+    except RuntimeError as error:
+        hint = "" if "port is in use" not in str(error) else (
+            "\nFrom main.py, change the ports with services.port=, services.components_port= or web.port=."
+        )
+        raise SystemExit(f"{error}{hint}") from None
+
+
 @contextlib.contextmanager
 def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpoints]:
     """Start the services, the components and the web page unless the config names running ones."""
@@ -49,7 +60,7 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpo
         own_services = None
         if not (services.orchestrator_endpoint and services.datastore_endpoint and services.model_registry_endpoint):
             args = ["--port", str(services.port), "--host", services.host, "--data-dir", str(Path(cfg.data_dir).absolute())]
-            own_services = start_python("Cogment services", ["-m", "apprentice.services", *args], log_dir / "services.log")
+            own_services = start_child("Cogment services", ["-m", "apprentice.services", *args], log_dir / "services.log")
             started.append(own_services)
         orchestrator = services.orchestrator_endpoint or own_services.endpoint
         datastore = services.datastore_endpoint or own_services.endpoint
@@ -62,7 +73,7 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpo
                 args += ["--environment", f"{name}={implementation.class_name}"]
             for name, implementation in services.actors.items():
                 args += ["--actor", f"{name}={implementation.class_name}"]
-            started.append(start_python("components", ["-m", "apprentice.components", *args], log_dir / "components.log"))
+            started.append(start_child("components", ["-m", "apprentice.components", *args], log_dir / "components.log"))
             components = started[-1].endpoint
 
         if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
@@ -71,14 +82,9 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpo
                     "--steps-per-second", str(web.steps_per_second), "--run-id", run_id]
             if web.key_maps:
                 args += ["--key-map", json.dumps(OmegaConf.to_container(web.key_maps))]
-            started.append(start_python("web page", ["-m", "web", *args], log_dir / "web.log"))
+            started.append(start_child("web page", ["-m", "web", *args], log_dir / "web.log"))
             print(f"Teach the agent at http://{web.host}:{started[-1].port}", flush=True)
         yield Endpoints(orchestrator, datastore, model_registry, components)
-    except RuntimeError as error:  # a child did not start: its log says why
-        hint = "" if "port is in use" not in str(error) else (
-            "\nFrom main.py, change the ports with services.port=, services.components_port= or web.port=."
-        )
-        raise SystemExit(f"{error}{hint}") from None
     finally:
         for child in reversed(started):
             child.stop()
