@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from apprentice import cog_settings
-from apprentice.launcher import ChildServer, start_python
+from apprentice.launcher import ChildServer, SupervisedServer, start_python
 from apprentice.metrics import MetricsLogger
 from apprentice.run import CLIENT_IMPLEMENTATION, Endpoints, RunSession
 
@@ -40,10 +40,10 @@ def load_class(class_path: str, what: str):
         raise SystemExit(f"{what} = {class_path!r} cannot be loaded ({error}): give a module.Class path") from None
 
 
-def start_child(name: str, args: list[str], log_path: Path) -> ChildServer:
+def start_child(name: str, args: list[str], log_path: Path, supervised: bool = False) -> ChildServer | SupervisedServer:
     """``python *args`` as a child process; if it cannot start, exit with its log's reason."""
     try:
-        return start_python(name, args, log_path)
+        return SupervisedServer(name, args, log_path) if supervised else start_python(name, args, log_path)
     except RuntimeError as error:
         hint = "" if "port is in use" not in str(error) else (
             "\nFrom main.py, change the ports with services.port=, services.components_port= or web.port=."
@@ -52,9 +52,14 @@ def start_child(name: str, args: list[str], log_path: Path) -> ChildServer:
 
 
 @contextlib.contextmanager
-def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpoints]:
-    """Start the services, the components and the web page unless the config names running ones."""
-    started: list[ChildServer] = []
+def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple[Endpoints, list[SupervisedServer]]]:
+    """Start the services, the components and the web page unless the config names running ones.
+
+    The components (actor and environment services) are supervised: if they crash, the trial they
+    served ends with a reason and they are started again for the next trials.
+    """
+    started: list[ChildServer | SupervisedServer] = []
+    supervised: list[SupervisedServer] = []
     services = cfg.services
     try:
         own_services = None
@@ -73,8 +78,9 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpo
                 args += ["--environment", f"{name}={implementation.class_name}"]
             for name, implementation in services.actors.items():
                 args += ["--actor", f"{name}={implementation.class_name}"]
-            started.append(start_child("components", ["-m", "apprentice.components", *args], log_dir / "components.log"))
-            components = started[-1].endpoint
+            supervised.append(start_child("components", ["-m", "apprentice.components", *args], log_dir / "components.log", supervised=True))
+            started.append(supervised[-1])
+            components = supervised[-1].endpoint
 
         if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
             web = cfg.web
@@ -84,14 +90,15 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[Endpo
                 args += ["--key-map", json.dumps(OmegaConf.to_container(web.key_maps))]
             started.append(start_child("web page", ["-m", "web", *args], log_dir / "web.log"))
             print(f"Teach the agent at http://{web.host}:{started[-1].port}", flush=True)
-        yield Endpoints(orchestrator, datastore, model_registry, components)
+        yield Endpoints(orchestrator, datastore, model_registry, components), supervised
     finally:
         for child in reversed(started):
             child.stop()
 
 
-async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, data_dir: Path) -> None:
+async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, supervised: list[SupervisedServer], data_dir: Path) -> None:
     training = load_class(cfg.run.class_name, "run.class_name")(cfg.run)
+    watchers = [asyncio.create_task(server.watch()) for server in supervised]
     metrics = MetricsLogger(data_dir=data_dir, server_port=cfg.mlflow.port)
     metrics.start_run(cfg.mlflow.experiment_name, run_name=run_id, resume=bool(cfg.resume))
     context = cogment.Context(user_id="apprentice", cog_settings=cog_settings)
@@ -101,6 +108,9 @@ async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, dat
     except BaseException:
         metrics.close("FAILED")
         raise
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
     metrics.close()
 
 
@@ -130,8 +140,8 @@ def main(cfg: DictConfig) -> None:
     experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
     run_id = cfg.resume or cfg.run_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"Run {run_id} ({cfg.run.class_name}), logs in {log_dir}", flush=True)
-    with child_servers(cfg, log_dir, run_id) as endpoints:
-        asyncio.run(run_experiment(cfg, run_id, endpoints, data_dir))
+    with child_servers(cfg, log_dir, run_id) as (endpoints, supervised):
+        asyncio.run(run_experiment(cfg, run_id, endpoints, supervised, data_dir))
 
 
 if __name__ == "__main__":

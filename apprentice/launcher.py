@@ -8,7 +8,9 @@ parent learns the port, so ``--port 0`` works without races.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import logging
 import os
 import re
 import selectors
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 READY_LINE = re.compile(r"(?:grpc|http)://[^\s:/]+:(\d+)")
 
 
@@ -106,3 +109,35 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text().splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class SupervisedServer:
+    """A child server started again, on the same port, whenever it dies (a crashed actor service).
+
+    The trial it was serving ends with a reason; the trials after it find the service back.
+    """
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name, self.args, self.log_path = name, args, log_path
+        self.child = start_python(name, args, log_path)
+
+    @property
+    def endpoint(self) -> str:
+        return self.child.endpoint
+
+    def _restart_args(self) -> list[str]:
+        args = list(self.args)
+        if "--port" in args:  # keep the port the first start got (it may have asked for 0)
+            args[args.index("--port") + 1] = str(self.child.port)
+        return args
+
+    async def watch(self, period: float = 0.5) -> None:
+        """Until cancelled: restart the child whenever it has exited."""
+        while True:
+            await asyncio.sleep(period)
+            if self.child.process.poll() is not None:
+                log.warning("%s exited with code %s; starting it again", self.name, self.child.process.returncode)
+                self.child = await asyncio.to_thread(start_python, self.name, self._restart_args(), self.log_path)
+
+    def stop(self) -> int:
+        return self.child.stop()

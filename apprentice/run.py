@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 RUN_ID_PROPERTY = "apprentice_run_id"
 CLIENT_IMPLEMENTATION = "client"  # an actor played by a client (the web page) instead of a service
 TRIAL_INFO_TIMEOUT = 10.0
+COMPONENTS_TIMEOUT = 60.0  # a crashed actor service being started again
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class RunSession:
 
     async def _run_trial(self, trial_id: str, params, trial_index: int, sample_producer: SampleProducer, output: asyncio.Queue) -> None:
         try:
+            await wait_until_reachable(self.endpoints.components, COMPONENTS_TIMEOUT)
             started = await self.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
             if not started:
                 raise RuntimeError(f"trial id {trial_id!r} is already in use: choose another run id")
@@ -187,3 +189,19 @@ class RunSession:
             await sample_producer(SampleProducerSession(info, trial_index, self.datastore, output))
             while not output.empty():
                 yield output.get_nowait()
+
+
+async def wait_until_reachable(endpoint: str, timeout: float) -> None:
+    """Wait until ``grpc://HOST:PORT`` accepts connections: a trial started before would fail."""
+    host, _, port = endpoint.removeprefix("grpc://").rpartition(":")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise RuntimeError(f"nothing answers at {endpoint} after {timeout:g} s") from None
+            await asyncio.sleep(0.2)

@@ -119,3 +119,31 @@ def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_pa
     assert int(resumed[1]) >= 1
     (resumed_trial,) = trial_lines(output)
     assert resumed_trial[0] >= 3, "the resumed run goes on after the trials already stored"
+
+
+def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):
+    import psutil
+
+    command = main_command(tmp_path, f"mlflow.port={free_port()}", "run.num_trials=6", "run.eval_episodes=5")
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        while not any(TRIAL_LINE.match(line) for line in lines):
+            line = process.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        (components,) = [child for child in psutil.Process(process.pid).children()
+                         if "apprentice.components" in " ".join(child.cmdline())]
+        components.kill()  # the environment and actor services crash
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = "".join(lines) + output
+    assert process.returncode == 0, output[-4000:]
+    assert "components exited" in output and "starting it again" in output, output[-4000:]
+    trials = trial_lines(output)
+    assert trials[-1][0] == 6 and trials[-1][1] > 0, "the last trial ran on the restarted services"
+    assert RESULT_LINE.search(output)
