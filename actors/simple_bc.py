@@ -324,16 +324,22 @@ class SimpleBCTraining:
                 publications += 1
                 run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
                 if publications % cfg.evaluate_every == 0:
-                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
+                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
                     run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
 
-        success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed)
+        success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
         run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
 
 
-def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int) -> float:
-    """Share of episodes the agent alone ends by reaching its goal (``terminated``), on held-out seeds."""
+def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, success: str = "terminated") -> float:
+    """Share of successful episodes of the agent alone, on held-out seeds.
+
+    What success is depends on the environment: reaching a goal ends MountainCar (``terminated``),
+    while CartPole succeeds by lasting until the time limit (``truncated``).
+    """
+    if success not in ("terminated", "truncated"):
+        raise ValueError(f"run.eval_success is {success!r}: use terminated or truncated")
     env = gymnasium.make(env_id)
     successes = 0
     try:
@@ -342,7 +348,7 @@ def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int) 
             while True:
                 observation, _reward, terminated, truncated, _info = env.step(model.act(observation))
                 if terminated or truncated:
-                    successes += terminated
+                    successes += terminated if success == "terminated" else (truncated and not terminated)
                     break
     finally:
         env.close()
