@@ -28,7 +28,13 @@ import threading
 import time
 from pathlib import Path
 
-from apprentice.metrics import DEFAULT_DATA_DIR, DEFAULT_SERVER_PORT, MlflowStore, server_answers
+from apprentice.launcher import exit_with_parent
+from apprentice.metrics import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_SERVER_PORT,
+    MlflowStore,
+    server_answers,
+)
 
 READY_TIMEOUT = 180.0  # s; a new store's schema migrations take a while on a busy machine
 STOP_TIMEOUT = 15.0  # s for uvicorn to finish its requests before everything left is killed
@@ -186,6 +192,7 @@ def why_it_ended(server: subprocess.Popen, args: argparse.Namespace, was_ready: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_with_parent()
     args, extra = parse_args(argv)
     if args.port == 0:
         args.port = free_port(args.host)

@@ -26,6 +26,7 @@ import cogment
 from prometheus_client import CollectorRegistry
 
 from apprentice import cog_settings
+from apprentice.launcher import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ async def _wait_until_listening(port: int, timeout: float = 10.0) -> None:
 
 
 def main() -> None:
+    exit_with_parent()
     parser = argparse.ArgumentParser(prog="python -m apprentice.components", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=9001, help="gRPC port (default 9001, 0 picks a free one)")
     parser.add_argument("--model-registry", default=None, help="grpc:// endpoint of the model registry")

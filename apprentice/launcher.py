@@ -25,6 +25,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
+PARENT_PID_VARIABLE = "APPRENTICE_PARENT_PID"
 READY_LINE = re.compile(r"(?:grpc|http)://[^\s:/]+:(\d+)")
 
 
@@ -63,8 +64,7 @@ def start_python(name: str, args: list[str], log_path: Path, ready_timeout: floa
         stdout=subprocess.PIPE,
         stderr=log_file,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=_terminate_with_parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_VARIABLE: str(os.getpid())},
     )
     try:
         port = _wait_for_ready_line(process, ready_timeout)
@@ -79,11 +79,20 @@ def start_python(name: str, args: list[str], log_path: Path, ready_timeout: floa
     return ChildServer(name, process, port)
 
 
-def _terminate_with_parent() -> None:
-    """Linux: SIGTERM the child when its parent dies, even by SIGKILL, so that no server is orphaned
-    (and the services still end their trials and flush their data)."""
+def exit_with_parent() -> None:
+    """Called first by every child server: SIGTERM when the parent that started it dies, even by
+    SIGKILL, so that no server is orphaned (and the services still end trials and flush data).
+
+    Done in the child's own main rather than in a ``preexec_fn``: forking a process whose gRPC
+    threads are busy and running Python before ``exec`` can abort the child.
+    """
+    parent = os.environ.pop(PARENT_PID_VARIABLE, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _wait_for_ready_line(process: subprocess.Popen, timeout: float) -> int:

@@ -18,6 +18,7 @@ import cogment
 import uvicorn
 
 from apprentice import cog_settings
+from apprentice.launcher import exit_with_parent
 from web.app import create_app
 from web.hub import Hub
 from web.keymaps import merged_key_maps, parse_key_maps
@@ -87,6 +88,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_with_parent()
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

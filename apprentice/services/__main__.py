@@ -8,6 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
+from apprentice.launcher import exit_with_parent
 from apprentice.services.server import start_services
 
 
@@ -45,6 +46,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    exit_with_parent()
     args = parse_args()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
