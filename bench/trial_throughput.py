@@ -7,7 +7,9 @@ Measured in one run, on this machine:
 1. echo: round trips/s of a plain grpc.aio bidirectional stream between two processes (strict
    ping-pong, ~100-byte messages). It is the practical ceiling of Python gRPC here.
 2. raw gym: MountainCar steps/s with the same policy and teacher calls, no Cogment
-   (``SimpleBCModel.act`` for the player, ``teacher_decision`` for the scripted teacher).
+   (``SimpleBCModel.act`` for the player, ``teacher_decision`` for the scripted teacher). Before
+   it, the seconds a plain 10M-iteration Python loop takes: the VM is shared and its speed varies
+   over time; this says which state a run caught.
 3. Cogment, one trial at a time, then ``--parallel`` trials at once: the real thing through the SDK.
    ``python -m apprentice.services`` (orchestrator + datastore + model registry, datalog on) and
    ``python -m apprentice.components`` (``GymEnvironment``, ``SimpleBCActor`` playing an untrained
@@ -23,7 +25,7 @@ thread, where Python and the asyncio loop run) shows where the time goes.
 ``--py-spy DIR`` also samples the services and components processes with py-spy (which must be
 installed, e.g. ``.venv/bin/pip install py-spy``) during each Cogment measurement, writing
 collapsed stacks (``DIR/<phase>-<process>.txt``) and a summary of the hottest frames. Sampling
-slows the processes down a little: take the throughput figures from a run without it.
+slows the processes down somewhat: take the throughput figures from a run without it.
 
 This is a benchmark, not a test: it prints numbers and checks nothing. Every process it starts is
 stopped on exit.
@@ -153,6 +155,15 @@ async def measure_echo(echo: ChildServer, seconds: float) -> EchoResult:
 # --- 2. Raw gymnasium loop ----------------------------------------------------------------------
 
 
+def measure_python_loop(iterations: int = 10_000_000) -> float:
+    """Seconds for a plain Python loop: how fast this (shared, throttled at times) VM runs right now."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(iterations):
+        total += i
+    return time.perf_counter() - start
+
+
 def measure_raw_gym(seconds: float, ticks: int) -> float:
     """MountainCar with the same calls the actors make per step (player + teacher), no Cogment."""
     env = gymnasium.make(ENV_ID, max_episode_steps=ticks)
@@ -267,7 +278,8 @@ class CogmentResult:
     ticks: int
     cpu_ms_per_tick: dict[str, tuple[float, float]]  # process: (all threads, main thread)
     cores_used: float  # CPU seconds per second of the measured processes
-    machine_cores_busy: float  # the same for the whole machine (other processes included)
+    machine_cores_busy: float  # the same for the whole machine (other processes and the kernel included)
+    steal_cores: float  # CPU seconds per second the hypervisor gave to other VMs
 
 
 class Profiler:
@@ -413,26 +425,27 @@ async def run_trials(
                 return
 
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-    machine_before = machine_busy_seconds()
+    machine_before = machine_seconds()
     start = time.perf_counter()
     deadline = start + seconds
     await asyncio.gather(*(worker() for _ in range(workers)))
     elapsed = time.perf_counter() - start
-    machine_cores_busy = (machine_busy_seconds() - machine_before) / elapsed
+    machine_busy, steal = ((after - before) / elapsed for after, before in zip(machine_seconds(), machine_before))
     ticks = max(totals["ticks"], 1)
     cpu, used = {}, 0.0
     for name, pid in processes.items():
         (all_after, main_after), (all_before, main_before) = cpu_seconds(pid), cpu_before[name]
         cpu[name] = ((all_after - all_before) * 1000 / ticks, (main_after - main_before) * 1000 / ticks)
         used += all_after - all_before
-    return CogmentResult(totals["ticks"] / elapsed, totals["trials"], totals["ticks"], cpu, used / elapsed, machine_cores_busy)
+    return CogmentResult(totals["ticks"] / elapsed, totals["trials"], totals["ticks"], cpu, used / elapsed, machine_busy, steal)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has spent working (not idle, not waiting for I/O), all cores."""
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds, all cores: the machine's work (every process and the kernel), and the time the
+    hypervisor gave to others while this VM wanted to run (steal)."""
     times = psutil.cpu_times()._asdict()
-    idle = ("idle", "iowait", "guest", "guest_nice")  # guest time is already in user and nice
-    return sum(value for field, value in times.items() if field not in idle)
+    not_work = ("idle", "iowait", "steal", "guest", "guest_nice")  # guest time is already in user and nice
+    return sum(value for field, value in times.items() if field not in not_work), times.get("steal", 0.0)
 
 
 async def measure_cogment(
@@ -475,7 +488,7 @@ def describe(result: CogmentResult) -> str:
     return (
         f"{result.ticks_per_second:8,.0f} ticks/s  ({result.trials} trials, {result.ticks} ticks; "
         f"CPU ms/tick [main thread]: {cpu}; cores busy: these {result.cores_used:.2f}, "
-        f"machine {result.machine_cores_busy:.2f} of {psutil.cpu_count()})"
+        f"machine {result.machine_cores_busy:.2f} of {psutil.cpu_count()}, steal {result.steal_cores:.2f})"
     )
 
 
@@ -489,8 +502,7 @@ async def run(args: argparse.Namespace) -> None:
             exit_stack.callback(shutil.rmtree, log_dir, ignore_errors=True)
         profiler = Profiler(Path(args.py_spy), args.py_spy_rate) if args.py_spy else None
 
-        # Every child starts before this process opens any gRPC channel: the launcher forks with a
-        # preexec_fn, and a fork under live gRPC threads sometimes kills the child (grpc/grpc#43055).
+        # Every child starts first (idle until its measurement): the measurements run back to back.
         echo_server = start_child("echo", [__file__, "--echo-server"], log_dir, exit_stack)
         services = components = None
         if not args.skip_cogment:
@@ -509,6 +521,7 @@ async def run(args: argparse.Namespace) -> None:
             f"(CPU ms per round trip: server {echo.server_cpu_ms:.3f}, client {echo.client_cpu_ms:.3f})"
         )
 
+        print(f"plain Python loop, 10M additions:            {measure_python_loop():8.2f} s  (the VM's speed right now)")
         gym_rate = measure_raw_gym(args.duration, args.ticks)
         print(f"raw gymnasium loop, same policy calls:       {gym_rate:8,.0f} steps/s")
 

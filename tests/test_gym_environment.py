@@ -102,9 +102,9 @@ class Stack:
 def components(services, tmp_path) -> Iterator[ChildServer]:
     """``python -m apprentice.components`` on a free port, using the services' model registry.
 
-    A subprocess rather than ``serve_components`` in this process: once the SDK has served here,
-    gRPC keeps a poller thread alive, and the next test's ``services`` fixture would fork
-    (``preexec_fn``) under it, which sometimes kills the child before it execs (grpc/grpc#43055).
+    A subprocess, as the main job runs it (the test-only teacher is loaded by its class path),
+    rather than ``serve_components`` in this process: the SDK offers no clean way to stop serving,
+    and gRPC threads left busy here would outlive the test.
     """
     args = ["-m", "apprentice.components", "--port", "0", "--model-registry", services.endpoint, *COMPONENTS]
     child = start_python("components", args, tmp_path / "components.log")
@@ -118,8 +118,8 @@ def components(services, tmp_path) -> Iterator[ChildServer]:
 async def stack(services, components, tmp_path, monkeypatch) -> AsyncIterator[Stack]:
     """The endpoints, a client context and the model registry; closes every channel it opened.
 
-    The SDK gives no way to close its channels; recording them here lets the test leave no gRPC
-    activity behind (same reason as above).
+    The SDK gives no way to close its channels; recording them here lets each test leave no gRPC
+    activity behind (each test has its own event loop).
     """
     channels = []
     make_client_channel = cogment.context._make_client_channel
