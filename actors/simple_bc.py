@@ -145,13 +145,13 @@ class SimpleBCActor:
         updates = None
         if config.model_iteration == -1:
             updates = asyncio.create_task(self._follow_updates(config.model_id, policy))
+        actions = ActionSpace(policy.model.action_space)  # every iteration of a model shares its spaces
         actor_session.start()
         try:
             async for event in actor_session.all_events():
                 if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                     observation = array_from_tensor(event.observation.observation.value)
-                    action = policy.model.act(observation)
-                    actor_session.do_action(ActionSpace(policy.model.action_space).create(value=action))
+                    actor_session.do_action(actions.create(value=policy.model.act(observation)))
         finally:
             if updates is not None:
                 updates.cancel()

@@ -26,7 +26,7 @@ import cogment
 from prometheus_client import CollectorRegistry
 
 from apprentice import cog_settings
-from apprentice.launcher import exit_with_parent
+from apprentice.launcher import exit_with_parent, wait_until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ async def serve_components(
             await asyncio.sleep(0.01)
         if serving.done():
             serving.result()  # raises the serving error
-        await _wait_until_listening(context.served_port)
+        # The SDK binds its port before it serves.
+        await wait_until_reachable(f"grpc://127.0.0.1:{context.served_port}", timeout=10.0, poll_interval=0.02)
         log.info("Components served on grpc://127.0.0.1:%d", context.served_port)
         if on_ready is not None:
             on_ready(context.served_port)
@@ -92,21 +93,6 @@ async def serve_components(
         # quietly (an un-stopped grpc.aio server complains once the event loop is closed).
         if context._grpc_server is not None:
             await context._grpc_server.stop(grace=None)
-
-
-async def _wait_until_listening(port: int, timeout: float = 10.0) -> None:
-    """The SDK binds its port before it serves; the SDK's clients never retry, so wait here."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.02)
 
 
 def main() -> None:

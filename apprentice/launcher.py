@@ -113,6 +113,23 @@ def _wait_for_ready_line(process: subprocess.Popen, timeout: float) -> int:
                 return int(match.group(1))
 
 
+async def wait_until_reachable(endpoint: str, timeout: float, poll_interval: float = 0.2) -> None:
+    """Wait until ``grpc://HOST:PORT`` accepts connections: the SDK's clients never retry, so a
+    call made before would fail."""
+    host, _, port = endpoint.removeprefix("grpc://").rpartition(":")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > deadline:
+                raise RuntimeError(f"nothing answers at {endpoint} after {timeout:g} s") from None
+            await asyncio.sleep(poll_interval)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text().splitlines()[-lines:])

@@ -22,6 +22,7 @@ import cogment
 from cogment.datastore import DatastoreSample, DatastoreTrialInfo
 
 from apprentice import cog_settings
+from apprentice.launcher import wait_until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -189,19 +190,3 @@ class RunSession:
             await sample_producer(SampleProducerSession(info, trial_index, self.datastore, output))
             while not output.empty():
                 yield output.get_nowait()
-
-
-async def wait_until_reachable(endpoint: str, timeout: float) -> None:
-    """Wait until ``grpc://HOST:PORT`` accepts connections: a trial started before would fail."""
-    host, _, port = endpoint.removeprefix("grpc://").rpartition(":")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            _reader, writer = await asyncio.open_connection(host, int(port))
-            writer.close()
-            return
-        except OSError:
-            if loop.time() > deadline:
-                raise RuntimeError(f"nothing answers at {endpoint} after {timeout:g} s") from None
-            await asyncio.sleep(0.2)

@@ -71,6 +71,8 @@ class WebTeacher:
         action_space = gym_from_space(specs.action_space) if specs.HasField("action_space") else None
         # The page plays discrete actions only; in a trial with another space it only approves (NO-OP).
         num_actions = int(action_space.n) if isinstance(action_space, gymnasium.spaces.Discrete) else 0
+        # Without a declared action space, the teacher's only action is the NO-OP.
+        teacher_actions = ActionSpace(action_space or gymnasium.spaces.Discrete(1), with_noop=True)
         key_map = key_map_for(specs.env_id, num_actions, self.key_maps)
         self.hub.trial_started(trial_id, trial_number(trial_id), specs.env_id, num_actions, key_map)
         pacer = Pacer(self.period)
@@ -94,6 +96,6 @@ class WebTeacher:
                     await self.hub.wait_until_resumed()
                     pacer.restart()
                 action = self.hub.take_action() if num_actions else None
-                actor_session.do_action(ActionSpace(action_space, with_noop=True).create(value=action))  # None: NO-OP
+                actor_session.do_action(teacher_actions.create(value=action))  # None: NO-OP
         finally:
             self.hub.trial_ended(trial_id)
