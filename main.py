@@ -52,15 +52,17 @@ def start_child(name: str, args: list[str], log_path: Path, supervised: bool = F
 
 
 @contextlib.contextmanager
-def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple[Endpoints, list[SupervisedServer]]]:
+def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple[Endpoints, list[SupervisedServer], str | None]]:
     """Start the services, the components and the web page unless the config names running ones.
 
     The components (actor and environment services) are supervised: if they crash, the trial they
-    served ends with a reason and they are started again for the next trials.
+    served ends with a reason and they are started again for the next trials. Yields the endpoints,
+    the supervised children and the web page's URL (None when no person teaches).
     """
     started: list[ChildServer | SupervisedServer] = []
     supervised: list[SupervisedServer] = []
     services = cfg.services
+    web_url = None
     try:
         own_services = None
         if not (services.orchestrator_endpoint and services.datastore_endpoint and services.model_registry_endpoint):
@@ -85,12 +87,13 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple
         if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
             web = cfg.web
             args = ["--port", str(web.port), "--host", web.host, "--orchestrator", orchestrator,
-                    "--steps-per-second", str(web.steps_per_second), "--run-id", run_id]
+                    "--steps-per-second", str(web.steps_per_second), "--run-id", run_id, "--model-registry", model_registry]
             if web.key_maps:
                 args += ["--key-map", json.dumps(OmegaConf.to_container(web.key_maps))]
             started.append(start_child("web page", ["-m", "web", *args], log_dir / "web.log"))
-            print(f"Teach the agent at http://{web.host}:{started[-1].port}", flush=True)
-        yield Endpoints(orchestrator, datastore, model_registry, components), supervised
+            web_url = f"http://{web.host}:{started[-1].port}"
+            print(f"Teach the agent at {web_url}", flush=True)
+        yield Endpoints(orchestrator, datastore, model_registry, components), supervised, web_url
     finally:
         for child in reversed(started):
             child.stop()
@@ -140,8 +143,13 @@ def main(cfg: DictConfig) -> None:
     experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
     run_id = cfg.resume or cfg.run_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"Run {run_id} ({cfg.run.class_name}), logs in {log_dir}", flush=True)
-    with child_servers(cfg, log_dir, run_id) as (endpoints, supervised):
+    with child_servers(cfg, log_dir, run_id) as (endpoints, supervised, web_url):
         asyncio.run(run_experiment(cfg, run_id, endpoints, supervised, data_dir))
+        if web_url and cfg.web.stay_open_after_run:
+            print(f"Run {run_id} finished: its summary is on the page at {web_url}. Ctrl-C to quit.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
 
 
 if __name__ == "__main__":

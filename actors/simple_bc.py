@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from apprentice.model import Model
+from apprentice.model import RUN_FINISHED, Model
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
 from apprentice.spaces import ActionSpace, array_from_tensor, environment_specs, gym_from_space, is_noop
@@ -61,8 +61,9 @@ class SimpleBCModel(Model):
         low = np.asarray(getattr(self.observation_space, "low", -unbounded), dtype=np.float32).reshape(-1)
         high = np.asarray(getattr(self.observation_space, "high", unbounded), dtype=np.float32).reshape(-1)
         bounded = np.isfinite(low) & np.isfinite(high) & (high > low)
-        self._observation_center = np.where(bounded, (low + high) / 2, 0.0).astype(np.float32)
-        self._observation_half_range = np.where(bounded, (high - low) / 2, 1.0).astype(np.float32)
+        low, high = np.where(bounded, low, -1.0), np.where(bounded, high, 1.0)  # unbounded: left as they are
+        self._observation_center = ((low + high) / 2).astype(np.float32)
+        self._observation_half_range = ((high - low) / 2).astype(np.float32)
 
     def get_model_user_data(self) -> dict[str, str]:
         return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes))}
@@ -151,7 +152,9 @@ class SimpleBCActor:
             async for event in actor_session.all_events():
                 if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                     observation = array_from_tensor(event.observation.observation.value)
-                    actor_session.do_action(actions.create(value=policy.model.act(observation)))
+                    action = actions.create(value=policy.model.act(observation))
+                    action.model_iteration = policy.model.iteration
+                    actor_session.do_action(action)
         finally:
             if updates is not None:
                 updates.cancel()
@@ -275,7 +278,7 @@ class SimpleBCTraining:
 
         optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
         generator = torch.Generator().manual_seed(cfg.seed)
-        publications, loss_value = 0, float("nan")
+        publications, loss_value, losses_since_publication = 0, float("nan"), []
         trials = [
             (f"{run_session.run_id}-trial-{index}", self.trial_parameters(run_session, index))
             for index in range(first_trial, first_trial + cfg.num_trials)
@@ -317,10 +320,14 @@ class SimpleBCTraining:
             optimizer.step()
             model.training_steps += 1
             loss_value = loss.item()
+            losses_since_publication.append(loss_value)
             run_session.log_metrics(model.training_steps, loss=loss_value, total_samples=len(actions))
 
             if model.training_steps % cfg.publish_every == 0:
-                await model.store(registry)
+                # The iteration carries its training figures: the web page draws the loss trend from them.
+                mean_loss = sum(losses_since_publication) / len(losses_since_publication)
+                losses_since_publication.clear()
+                await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(actions))
                 publications += 1
                 run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
                 if publications % cfg.evaluate_every == 0:
@@ -329,6 +336,10 @@ class SimpleBCTraining:
 
         success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
         run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+        final_figures = {"training_steps": model.training_steps, "samples": len(actions), "eval_success_rate": success_rate}
+        if losses_since_publication:
+            final_figures["loss"] = sum(losses_since_publication) / len(losses_since_publication)
+        await model.store(registry, **final_figures, **{RUN_FINISHED: "true"})
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
 
 

@@ -3,6 +3,11 @@
 A model is published as a new *iteration* of its ``model_id``: transient (``publish``, kept in the
 registry's memory, enough for actors to pick up the latest policy) or archived (``store``, kept on
 disk, what ``resume`` starts from). ``retrieve_model(..., iteration=-1)`` gets the latest one.
+
+An iteration's user data is the model's rebuild information plus the training metrics it was
+published with (e.g. ``loss``, ``training_steps``): whoever follows the model in the registry, like
+the teacher's web page, sees how training goes without another channel. The last iteration of a
+run carries ``RUN_FINISHED`` and its evaluation.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import TypeVar
 from cogment.model_registry_v2 import ModelRegistry
 
 ModelType = TypeVar("ModelType", bound="Model")
+
+RUN_FINISHED = "run_finished"  # iteration user data key: the run ended with this iteration
 
 
 class ModelNotFound(LookupError):
@@ -38,17 +45,18 @@ class Model(abc.ABC):
     def deserialize_model(cls: type[ModelType], serialized_model: bytes) -> ModelType:
         """The inverse of ``serialize_model``; must not execute code from the bytes."""
 
-    async def publish(self, registry: ModelRegistry) -> int:
+    async def publish(self, registry: ModelRegistry, **metrics: float | str) -> int:
         """A transient iteration (memory only); returns its number, also set on ``self.iteration``."""
-        return await self._send(registry, archived=False)
+        return await self._send(registry, archived=False, metrics=metrics)
 
-    async def store(self, registry: ModelRegistry) -> int:
+    async def store(self, registry: ModelRegistry, **metrics: float | str) -> int:
         """An archived iteration (kept on disk); returns its number, also set on ``self.iteration``."""
-        return await self._send(registry, archived=True)
+        return await self._send(registry, archived=True, metrics=metrics)
 
-    async def _send(self, registry: ModelRegistry, archived: bool) -> int:
+    async def _send(self, registry: ModelRegistry, archived: bool, metrics: dict[str, float | str]) -> int:
         send = registry.store_model if archived else registry.publish_model
-        info = await send(self.model_id, self.serialize_model(self), self.get_model_user_data())
+        user_data = {**self.get_model_user_data(), **{key: str(value) for key, value in metrics.items()}}
+        info = await send(self.model_id, self.serialize_model(self), user_data)
         self.iteration = info.iteration
         return info.iteration
 

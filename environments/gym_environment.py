@@ -6,7 +6,8 @@ MountainCar in one trial and a MuJoCo task in the next.
 
 Actors, by class (see ``apprentice.cog_settings``):
 
-* exactly one ``player``: its action is performed unless the teacher takes over; it gets the reward;
+* exactly one ``player``: its action is performed unless the teacher takes over; it gets the reward
+  (and so does the teacher, who watches the score like a person watching the game);
 * at most one ``teacher``: a value takes over for this tick, a NO-OP (or an action outside the
   action space, or no action at all) leaves the player in control.
 
@@ -38,9 +39,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 log = logging.getLogger(__name__)
 
 
-# Rendered frames are JPEG: browsers decode it natively and it is small and fast. A 600x400
-# MountainCar frame is 720 kB raw, ~9 kB as JPEG (~1 ms to encode); PNG is ~12 kB but ~5 ms.
-JPEG_QUALITY = 75
+# Rendered frames are JPEG by default: browsers decode it natively and it is small and fast. A
+# 600x400 MountainCar frame is 720 kB raw, ~9 kB as JPEG (~1 ms to encode); bench/web_latency.py
+# measures JPEG, WebP and PNG end to end (docs/benchmarks.md).
+FRAME_FORMATS = {"jpeg": ("JPEG", {"quality": 75}), "webp": ("WEBP", {"quality": 75, "method": 0}), "png": ("PNG", {"compress_level": 1})}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class Roles:
     player_index: int
     player_name: str
     teacher_index: int | None
+    teacher_name: str | None
+
+    @property
+    def reward_recipients(self) -> list[str]:
+        return [self.player_name] if self.teacher_name is None else [self.player_name, self.teacher_name]
 
 
 @dataclass
@@ -70,8 +77,10 @@ def find_roles(actors: list[ActorInfo]) -> Roles:
             f"a gym trial needs exactly one '{PLAYER_ACTOR_CLASS}' and at most one '{TEACHER_ACTOR_CLASS}', "
             f"got {[(a.actor_name, a.actor_class_name) for a in actors]}"
         )
-    (player_index, player_name), = players
-    return Roles(player_index, player_name, teachers[0] if teachers else None)
+    ((player_index, player_name),) = players
+    teacher_index = teachers[0] if teachers else None
+    teacher_name = actors[teacher_index].actor_name if teacher_index is not None else None
+    return Roles(player_index, player_name, teacher_index, teacher_name)
 
 
 def make_env(config: EnvironmentConfig) -> gymnasium.Env:
@@ -84,19 +93,28 @@ def make_env(config: EnvironmentConfig) -> gymnasium.Env:
     return gymnasium.make(config.env_id, **kwargs)
 
 
-def encode_frame(frame: np.ndarray) -> bytes:
-    """An RGB ``uint8`` frame of shape (H, W, 3) as JPEG bytes."""
+def frame_format(config: EnvironmentConfig) -> str:
+    name = config.frame_format or "jpeg"
+    if name not in FRAME_FORMATS:
+        raise ValueError(f"EnvironmentConfig.frame_format is {name!r}: use one of {', '.join(FRAME_FORMATS)}")
+    return name
+
+
+def encode_frame(frame: np.ndarray, format_name: str = "jpeg") -> bytes:
+    """An RGB ``uint8`` frame of shape (H, W, 3) as image bytes."""
     from PIL import Image  # only needed when rendering
 
+    pil_format, options = FRAME_FORMATS[format_name]
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(frame).save(buffer, format=pil_format, **options)
     return buffer.getvalue()
 
 
-def make_observation(gym_observation: object, env: gymnasium.Env, render: bool) -> Observation:
+def make_observation(gym_observation: object, env: gymnasium.Env, frames: str | None) -> Observation:
+    """The observation, with the rendered frame encoded as ``frames`` (None: not rendering)."""
     observation = Observation(value=tensor_from_array(gym_observation))
-    if render:
-        observation.rendered_frame = encode_frame(env.render())
+    if frames is not None:
+        observation.rendered_frame = encode_frame(env.render(), frames)
     return observation
 
 
@@ -116,10 +134,11 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
     roles = find_roles(environment_session.get_active_actors())
     stats = TrialStats()
     mode = TeacherMode(config.teacher_mode or TeacherMode.OVERRIDE.value)
+    frames = frame_format(config) if config.render else None  # a bad format fails the trial at once
     env = make_env(config)
     try:
         gym_observation, _info = env.reset(seed=config.seed)
-        environment_session.start([("*", make_observation(gym_observation, env, config.render))])
+        environment_session.start([("*", make_observation(gym_observation, env, frames))])
 
         ended = False
         async for event in environment_session.all_events():
@@ -132,13 +151,13 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
             gym_observation, reward, terminated, truncated, _info = env.step(step.performed_action)
             stats.steps += 1
 
-            observation = make_observation(gym_observation, env, config.render)
+            observation = make_observation(gym_observation, env, frames)
             player_action = event.actions[roles.player_index].action
             if player_action is not None:
                 observation.last_player_action.CopyFrom(player_action)
             observation.last_step_demonstration = step.demonstration
             observations = [("*", observation)]
-            environment_session.add_reward(value=float(reward), confidence=1.0, to=[roles.player_name])
+            environment_session.add_reward(value=float(reward), confidence=1.0, to=roles.reward_recipients)
             if terminated or truncated or event.type == cogment.EventType.ENDING:
                 environment_session.end(observations)
                 ended = True

@@ -65,14 +65,21 @@ class Stack:
 
     def environment_steps(self, trial_id: str) -> int | None:
         """What the environment logged when the trial ended (``None`` while it has not)."""
-        match = re.search(rf"Trial {re.escape(trial_id)} \({ENV_ID}\): (\d+) steps", (self.log_dir / "components.log").read_text())
+        match = re.search(rf"Trial {re.escape(trial_id)} \([^)]*\): (\d+) steps", (self.log_dir / "components.log").read_text())
         return int(match[1]) if match else None
 
 
-async def publish_untrained_model(model_registry_endpoint: str) -> None:
+def model_id_for(env_id: str) -> str:
+    """The run's model plays MountainCar; the other environments' trials use a model of their own."""
+    return RUN_ID if env_id == ENV_ID else f"{RUN_ID}-{env_id}"
+
+
+async def publish_untrained_model(model_registry_endpoint: str, env_id: str = ENV_ID, **metrics) -> SimpleBCModel:
     context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
     registry = await context.get_model_registry_v2(cogment.Endpoint(model_registry_endpoint))
-    await SimpleBCModel(RUN_ID, environment_specs(ENV_ID), [64, 64]).store(registry)
+    model = SimpleBCModel(model_id_for(env_id), environment_specs(env_id), [64, 64])
+    await model.store(registry, **metrics)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +95,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "--actor", "simple_bc=actors.simple_bc.SimpleBCActor",
         ]
         started.append(start_python("components", ["-m", "apprentice.components", *components_args], tmp / "components.log"))
-        web_args = ["--port", "0", "--orchestrator", services.endpoint, "--steps-per-second", str(STEPS_PER_SECOND), "--run-id", RUN_ID]
+        web_args = [
+            "--port", "0", "--orchestrator", services.endpoint, "--model-registry", services.endpoint,
+            "--steps-per-second", str(STEPS_PER_SECOND), "--run-id", RUN_ID,
+        ]
         started.append(start_python("web", ["-m", "web", *web_args], tmp / "web.log"))
         asyncio.run(publish_untrained_model(services.endpoint))
         yield Stack(*started, log_dir=tmp)
@@ -106,14 +116,18 @@ class Trials:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
-        cfg = {"env_id": ENV_ID, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
-        self.training = SimpleBCTraining(OmegaConf.create(cfg))
-        self.session = RunSession(RUN_ID, self.training.cfg, stack.endpoints, self.context, metrics=None)
+        self.session = RunSession(RUN_ID, None, stack.endpoints, self.context, metrics=None)
 
-    async def start(self) -> str:
+    async def start(self, env_id: str = ENV_ID, max_steps: int = 0) -> str:
         index = next(TRIAL_INDEXES)  # the tests share the services: one run, trials one after another
         trial_id = f"{RUN_ID}-trial-{index}"
-        params = self.training.trial_parameters(self.session, index)
+        cfg = {"env_id": env_id, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
+        params = SimpleBCTraining(OmegaConf.create(cfg)).trial_parameters(self.session, index)
+        params.max_steps = max_steps
+        for actor in params.actors:
+            config = actor.config
+            config.model_id = model_id_for(env_id)
+            actor.config = config
         assert await self.session.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
         return trial_id
 
@@ -205,7 +219,6 @@ async def test_holding_right_demonstrates_push_right_and_releasing_approves(stac
     await page.keyboard.down("ArrowRight")
     pressed_at = await displayed_step(page)
     await wait_step(page, pressed_at + 20)
-    await page.screenshot(path=str(SCREENSHOT))  # the teacher taking over, mid-trial
     released_at = await wait_step(page, pressed_at + 40)
     await page.keyboard.up("ArrowRight")
     assert await page.text_content("#last-actor") == "Teacher"
@@ -332,12 +345,132 @@ async def test_bad_websocket_input_is_dropped_and_counted_and_the_trial_goes_on(
     assert all(action is None for action in await trials.teacher_actions(trial_id))
 
 
+# The browser's Gamepad API, with one pad whose buttons the test presses: Chromium without a
+# real pad has none to give. Everything past navigator.getGamepads() is the page's own code.
+FAKE_GAMEPAD = """
+window.__pad = { id: "Test pad (STANDARD GAMEPAD)", index: 0, connected: true, mapping: "standard",
+                 axes: [0, 0, 0, 0], buttons: Array.from({ length: 17 }, () => ({ pressed: false, value: 0 })) };
+navigator.getGamepads = () => [window.__pad];
+window.__press = (button, pressed) => { window.__pad.buttons[button] = { pressed, value: pressed ? 1 : 0 }; };
+"""
+DPAD_RIGHT, START = 15, 9
+
+
+async def press_button(page, button: int, pressed: bool) -> None:
+    """Set the button, then let two animation frames pass: the page polls the pad once a frame."""
+    await page.evaluate("([b, p]) => window.__press(b, p)", [button, pressed])
+    await page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
+@needs_chromium
+async def test_a_gamepad_takes_over_and_pauses(stack, trials, browser):
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    await context.add_init_script(FAKE_GAMEPAD)
+    page = await context.new_page()
+    await page.goto(stack.url)
+    await page.wait_for_function("document.getElementById('role').dataset.role === 'teacher'")
+    assert "Test pad" in await page.text_content("#gamepad-state")
+    trial_id = await trials.start()
+    await wait_step(page, 10)
+
+    await press_button(page, DPAD_RIGHT, True)
+    pressed_at = await displayed_step(page)
+    released_at = await wait_step(page, pressed_at + 30)
+    await press_button(page, DPAD_RIGHT, False)
+    assert await page.text_content("#last-actor") == "Teacher"
+
+    await press_button(page, START, True)
+    await page.wait_for_function("document.getElementById('overlay-title').textContent === 'Paused'", timeout=5000)
+    await press_button(page, START, False)
+    await press_button(page, START, True)
+    await page.wait_for_function("document.getElementById('overlay-title').textContent === ''", timeout=5000)
+    await press_button(page, START, False)
+
+    assert await trials.wait_ended(trial_id) == MAX_STEPS
+    actions = await trials.teacher_actions(trial_id)
+    (held,) = runs_of(actions, PUSH_RIGHT)
+    assert pressed_at - 1 <= held[0] <= pressed_at + 5 and released_at <= held[1] <= released_at + 5, (held, pressed_at, released_at)
+    await context.close()
+
+
+@needs_chromium
+@pytest.mark.parametrize(
+    ("env_id", "key", "action", "label", "frame_size"),
+    [
+        ("CartPole-v1", "ArrowRight", 1, "Push cart right", (600, 400)),
+        ("Acrobot-v1", "ArrowLeft", 0, "Torque -1", (500, 500)),
+        ("LunarLander-v3", "ArrowUp", 2, "Main engine", (600, 400)),
+    ],
+)
+async def test_other_discrete_environments_play_with_their_own_keys(stack, trials, browser, env_id, key, action, label, frame_size):
+    await publish_untrained_model(stack.services.endpoint, env_id)
+    page = await open_page(browser, stack, "teacher")
+    await page.keyboard.down(key)  # held before the trial starts: it acts once the trial's key map arrives
+    trial_id = await trials.start(env_id, max_steps=90)
+    await page.wait_for_function("(label) => document.getElementById('legend').textContent.includes(label)", arg=label)
+    await wait_step(page, 3)
+    assert await page.evaluate("[document.getElementById('frame').width, document.getElementById('frame').height]") == list(frame_size)
+    await page.wait_for_function("Number(document.getElementById('fps').textContent) > 0")
+    steps = await trials.wait_ended(trial_id)
+    await page.keyboard.up(key)
+
+    actions = await trials.teacher_actions(trial_id)
+    assert len(actions) == steps >= 5
+    # The first steps may be played before the page has the key map: NO-OP there, the key after.
+    first_demonstration = actions.index(action)
+    assert first_demonstration <= 3 and all(a is None for a in actions[:first_demonstration]), actions
+    assert all(a == action for a in actions[first_demonstration:]), actions
+    await page.context.close()
+
+
+@needs_chromium
+async def test_the_page_shows_the_agents_model_the_return_the_loss_trend_and_the_run_summary(stack, trials, browser):
+    """The run's iterations carry their loss (apprentice.model); the page follows them in the registry."""
+    for loss in (1.2, 0.9, 0.6):
+        model = await publish_untrained_model(stack.services.endpoint, loss=loss, training_steps=100, samples=300)
+    page = await open_page(browser, stack, "observer" if stack.stats()["teacher_present"] else "teacher")
+    await page.wait_for_function("(n) => document.getElementById('latest-iteration').textContent === String(n)", arg=model.iteration)
+    assert await page.text_content("#loss") == "0.6000"
+    trend_pixels = await page.evaluate(
+        """() => { const c = document.getElementById('loss-trend');
+                   return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 === 3 && v > 0).length; }"""
+    )
+    assert trend_pixels > 50, "the loss trend is drawn"
+
+    trial_id = await trials.start()
+    await wait_step(page, 20)
+    await page.keyboard.down("ArrowRight")
+    await wait_step(page, await displayed_step(page) + 15)
+    await page.screenshot(path=str(SCREENSHOT))  # the teacher taking over mid-trial, with the training figures
+    await page.keyboard.up("ArrowRight")
+    step = await displayed_step(page)
+    assert await page.text_content("#agent-iteration") == f"iteration {model.iteration}"
+    shown_return = float(await page.text_content("#return"))
+    assert -step - 2 <= shown_return <= -step + 2, (shown_return, step)  # MountainCar: -1 per step
+    assert await trials.wait_ended(trial_id) == MAX_STEPS
+    await page.wait_for_function("(id) => document.querySelector('#history tr td') && document.getElementById('history').textContent.includes('-200')", arg=trial_id)
+    cells = await page.locator("#history tr").first.locator("td").all_text_contents()
+    assert cells[1:3] == ["200", "-200"], cells
+
+    # The run's last iteration: the page says the run is over and sums it up.
+    context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
+    registry = await context.get_model_registry_v2(cogment.Endpoint(stack.services.endpoint))
+    await model.store(registry, loss=0.5, eval_success_rate=0.5, run_finished="true")
+    await page.wait_for_function("document.getElementById('overlay-title').textContent === 'Run finished'")
+    detail = await page.text_content("#overlay-detail")
+    assert "succeeds in 50% of the evaluation episodes" in detail and f"iteration {model.iteration}" in detail, detail
+    assert await page.is_visible("#run-summary")
+    await model.store(registry)  # a later iteration: the run goes on for the tests that follow
+    await page.wait_for_selector("#run-summary", state="hidden")
+    await page.context.close()
+
+
 @needs_chromium
 def test_the_screenshot_shows_the_rendered_environment(stack):
-    """Runs after the first test saved it: the frame area is not blank (the car and the hill are drawn)."""
+    """Runs after the test that saves it: the frame area is not blank (the car and the hill are drawn)."""
     from PIL import Image
 
-    assert SCREENSHOT.exists(), "the first test saves docs/screenshot.png"
+    assert SCREENSHOT.exists(), "test_the_page_shows_the_agents_model_... saves docs/screenshot.png"
     image = Image.open(SCREENSHOT).convert("RGB")
     colours = image.crop((20, 60, 700, 500)).getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 20, "the frame area is blank"

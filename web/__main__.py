@@ -1,6 +1,7 @@
 """``python -m web --orchestrator grpc://HOST:PORT [--port 8080] [--host 127.0.0.1]``
 
-Serves the teacher's page and plays the client ``teacher`` of the orchestrator's trials. Prints
+Serves the teacher's page and plays the client ``teacher`` of the orchestrator's trials. With
+``--run-id`` and ``--model-registry`` it also follows the run's model (``web.training``). Prints
 ``Web page ready on http://HOST:PORT`` once it listens (``--port 0`` picks a free port; the
 launcher reads the port from that line).
 """
@@ -23,6 +24,7 @@ from web.app import create_app
 from web.hub import Hub
 from web.keymaps import merged_key_maps, parse_key_maps
 from web.teacher import WebTeacher
+from web.training import TrainingFollower
 from web.watcher import TrialWatcher
 
 MAX_WEBSOCKET_MESSAGE_BYTES = 4096  # the page sends ~30-byte messages; a larger one closes the socket
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='key maps as JSON, inline or @FILE: {"ENV_ID": {"KEY": [ACTION, "label"]}}; replaces that env\'s default',
     )
     parser.add_argument("--run-id", help="play only the trials of this run (property apprentice_run_id)")
+    parser.add_argument("--model-registry", help="grpc://HOST:PORT: show the training of the run's model (needs --run-id)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -71,9 +74,11 @@ async def serve(args: argparse.Namespace) -> None:
     context = cogment.Context(user_id="apprentice-web", cog_settings=cog_settings)
     teacher = WebTeacher(hub, args.steps_per_second, merged_key_maps(key_maps))
     context.register_actor(impl=teacher.impl, impl_name="web", actor_classes=teacher.get_actor_classes())
-    watcher = TrialWatcher(context, args.orchestrator, hub, args.run_id)
+    background = [TrialWatcher(context, args.orchestrator, hub, args.run_id).run]
+    if args.model_registry and args.run_id:
+        background.append(TrainingFollower(context, args.model_registry, args.run_id, hub).run)
 
-    app = create_app(hub, background=[watcher.run])
+    app = create_app(hub, background=background)
     config = uvicorn.Config(
         app, ws_max_size=MAX_WEBSOCKET_MESSAGE_BYTES, log_level="warning", timeout_graceful_shutdown=3, lifespan="on"
     )

@@ -78,6 +78,8 @@ class TrialView:
     step: int = 0
     teacher_steps: int = 0  # steps on which the teacher took over (from the observations)
     last_actor: str | None = None  # "agent" or "teacher": who acted on the previous step
+    model_iteration: int | None = None  # of the model that chose the agent's last action
+    total_return: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -93,10 +95,12 @@ class Hub:
         self.orchestrator = "connecting"
         self.trial: TrialView | None = None
         self.history: list[dict[str, Any]] = []
+        self.training: dict[str, Any] | None = None  # the run's model, from the registry (web.training)
         self._valid_actions: set[int] = set()
         self._held: int | None = None  # action of the key the teacher holds
         self._latched: int | None = None  # a key pressed since the last step: a short tap still counts
         self._paused = False
+        self.input_changed = asyncio.Event()  # the teacher's action changed since the last step
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._step_times: deque[float] = deque(maxlen=60)
@@ -125,6 +129,7 @@ class Hub:
                 "steps_per_second": self.steps_per_second,
                 "key_map": as_json(self.trial.key_map) if self.trial else [],
                 "history": self.history,
+                "training": self.training,
             }
         )
         self.broadcast_status()
@@ -171,6 +176,8 @@ class Hub:
     def _apply(self, message: TeacherInput) -> None:
         if message.action is not None and message.action != self._held:
             self._latched = message.action
+        if message.action != self._held:
+            self.input_changed.set()
         self._held = message.action
         if message.paused != self._paused:
             self._set_paused(message.paused)
@@ -189,22 +196,38 @@ class Hub:
         self.trial = TrialView(trial_id, trial_number, env_id, key_map)
         self._valid_actions = set(range(num_actions))
         self._latched = None
+        if self._held not in self._valid_actions:
+            self._held = None  # held in another environment; the page sends its input for this one
         self._step_times.clear()
         for tab in self.tabs.values():
             tab.push_control({"t": "trial", "trial_id": trial_id, "env_id": env_id, "key_map": as_json(key_map)})
         self.broadcast_status()
 
-    def observation(self, trial_id: str, step: int, last_step_demonstration: bool | None, frame: bytes | None) -> None:
+    def observation(
+        self,
+        trial_id: str,
+        step: int,
+        last_step_demonstration: bool | None,
+        frame: bytes | None,
+        model_iteration: int | None = None,
+    ) -> None:
         """A new observation of ``trial_id``: count it and show it in every tab."""
         trial = self.trial
         if trial is None or trial.trial_id != trial_id:
             return  # a trial running alongside the one on screen: played, not shown
         trial.step = step
+        if model_iteration is not None:
+            trial.model_iteration = model_iteration
         if last_step_demonstration is not None:
             trial.last_actor = "teacher" if last_step_demonstration else "agent"
             trial.teacher_steps += last_step_demonstration
         self._step_times.append(time.monotonic())
         self.broadcast_status(frame)
+
+    def add_reward(self, trial_id: str, reward: float) -> None:
+        """Shown with the next observation (a reward arrives just before it)."""
+        if self.trial is not None and self.trial.trial_id == trial_id:
+            self.trial.total_return += reward
 
     def is_running(self) -> bool:
         return self._resumed.is_set()
@@ -216,6 +239,7 @@ class Hub:
         """The action for this step: the key held, else a key tapped since the last step, else NO-OP."""
         action = self._held if self._held is not None else self._latched
         self._latched = None
+        self.input_changed.clear()
         return action
 
     def trial_ended(self, trial_id: str) -> None:
@@ -228,6 +252,8 @@ class Hub:
             "steps": trial.step,
             "teacher_steps": trial.teacher_steps,
             "intervention_rate": trial.teacher_steps / trial.step if trial.step else 0.0,
+            "return": round(trial.total_return, 2),
+            "model_iteration": trial.model_iteration,
             "seconds": round(time.monotonic() - trial.started, 1),
         }
         self.history = [*self.history, summary][-MAX_HISTORY:]
@@ -236,6 +262,13 @@ class Hub:
         for tab in self.tabs.values():
             tab.push_control({"t": "ended", "summary": summary})
         self.broadcast_status()
+
+    def set_training(self, training: dict[str, Any]) -> None:
+        if training == self.training:
+            return
+        self.training = training
+        for tab in self.tabs.values():
+            tab.push_control({"t": "training", "training": training})
 
     def set_orchestrator(self, state: str) -> None:
         if state != self.orchestrator:
@@ -260,7 +293,9 @@ class Hub:
             "step": trial.step if trial else None,
             "last_actor": trial.last_actor if trial else None,
             "teacher_steps": trial.teacher_steps if trial else None,
-            "steps_per_second": round(self.steps_per_second_measured(), 1),
+            "return": round(trial.total_return, 2) if trial else None,
+            "model_iteration": trial.model_iteration if trial else None,
+            "steps_per_second": round(self.steps_per_second_measured(), 1) if trial else 0.0,
             "target_steps_per_second": self.steps_per_second,
             "paused": self._paused,
             "teacher_present": self.teacher_tab is not None,
@@ -276,4 +311,10 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         """For ``GET /api/stats``: counters a person or a test can check."""
-        return {**self.status(), "tabs": len(self.tabs), "dropped": dict(self.dropped), "history": self.history}
+        return {
+            **self.status(),
+            "tabs": len(self.tabs),
+            "dropped": dict(self.dropped),
+            "history": self.history,
+            "training": self.training,
+        }

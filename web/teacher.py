@@ -4,6 +4,10 @@ For each observation it shows the frame in the tabs, waits for the pace (a perso
 trial to go at a human speed: ``steps_per_second``), waits while the teacher has paused, then
 acts with the key the teacher holds: that action takes over, and no key (or no teacher tab at
 all) is NO-OP, which approves the agent's action.
+
+A change of the teacher's input ends the wait at once: a key pressed just after a step would
+otherwise wait up to a whole step period (33 ms at 30 steps/s) before it acts, and a person feels
+that lag. The next step then comes a full period later, so the pace holds.
 """
 
 from __future__ import annotations
@@ -39,14 +43,19 @@ class Pacer:
         self.period = period
         self._next: float | None = None
 
-    async def wait(self) -> None:
+    async def wait(self, interrupt: asyncio.Event) -> None:
+        """Until the next step is due, or until ``interrupt`` is set (then the pace restarts from now)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._next is None or self._next < now - self.period:
             self._next = now
         delay = self._next - now
         if delay > 0:
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(interrupt.wait(), delay)
+                self._next = loop.time()
+            except TimeoutError:
+                pass
         self._next += self.period
 
     def restart(self) -> None:
@@ -79,23 +88,27 @@ class WebTeacher:
         actor_session.start()
         try:
             async for event in actor_session.all_events():
+                if event.rewards:  # the environment rewards the teacher too: the score a person sees
+                    self.hub.add_reward(trial_id, sum(reward.value for reward in event.rewards))
                 if event.observation is None:
                     continue
                 observation: Observation = event.observation.observation
+                last_action = observation.last_player_action
                 known = observation.HasField("last_player_action") or observation.last_step_demonstration
                 self.hub.observation(
                     trial_id,
                     event.observation.tick_id,
                     observation.last_step_demonstration if known else None,
                     observation.rendered_frame or None,
+                    model_iteration=last_action.model_iteration if last_action.HasField("model_iteration") else None,
                 )
                 if event.type != cogment.EventType.ACTIVE:
                     continue  # the trial is ending: no action is expected
-                await pacer.wait()
+                await pacer.wait(interrupt=self.hub.input_changed)
                 if not self.hub.is_running():
                     await self.hub.wait_until_resumed()
                     pacer.restart()
-                action = self.hub.take_action() if num_actions else None
+                action = self.hub.take_action()  # always None in a trial without discrete actions
                 actor_session.do_action(teacher_actions.create(value=action))  # None: NO-OP
         finally:
             self.hub.trial_ended(trial_id)

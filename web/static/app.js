@@ -19,6 +19,9 @@ const state = {
   lastSent: "",
   retry: 0,
   history: [],
+  training: null, // the run's model as the registry shows it: iteration, loss trend, end of run
+  gamepadKeys: [], // keys the gamepad holds, as if they were keyboard keys
+  gamepadPause: false,
 };
 
 // A tab keeps its token across reloads (sessionStorage), so a reloaded teacher gets its seat back.
@@ -57,6 +60,7 @@ function onText(text) {
       $("target-sps").textContent = message.steps_per_second;
       setRole(message.role);
       renderHistory();
+      setTraining(message.training);
       break;
     case "role":
       setRole(message.role);
@@ -67,6 +71,9 @@ function onText(text) {
     case "ended":
       state.history.push(message.summary);
       renderHistory();
+      break;
+    case "training":
+      setTraining(message.training);
       break;
     case "status":
       if (message.frame) pendingStatus = message; // shown with its frame, in one paint
@@ -137,6 +144,8 @@ function render() {
   $("sps").textContent = s ? s.steps_per_second.toFixed(0) : "0";
   $("teacher-steps").textContent = running && s.step ? `${s.teacher_steps} (${Math.round((100 * s.teacher_steps) / s.step)}%)` : "–";
   $("audience").textContent = s ? s.observers : "–";
+  $("return").textContent = running ? formatNumber(s.return) : "–";
+  $("agent-iteration").textContent = running && s.model_iteration !== null ? `iteration ${s.model_iteration}` : "–";
 
   const who = $("last-actor");
   const last = running ? s.last_actor : null;
@@ -155,7 +164,10 @@ function render() {
   // The overlay says why the picture is not moving: no link, no trial, or paused.
   let title = "", detail = "";
   if (!connected) { title = "Connection lost"; detail = "Reconnecting to the web server…"; }
-  else if (!s || !running) {
+  else if ((!s || !running) && state.training && state.training.run_finished) {
+    title = "Run finished";
+    detail = runSummary();
+  } else if (!s || !running) {
     title = "Waiting for the next trial…";
     const done = state.history[state.history.length - 1];
     detail = done ? `Trial ${done.trial ?? "?"} ended after ${done.steps} steps; you took over ${done.teacher_steps} times.` : "The page joins the next trial as soon as the run starts it.";
@@ -190,13 +202,70 @@ function renderHistory() {
   }
   for (const trial of state.history.slice(-8).reverse()) {
     const row = document.createElement("tr");
-    for (const text of [trial.trial ?? "?", trial.steps, trial.teacher_steps, `${Math.round(100 * trial.intervention_rate)}%`]) {
+    const tookOver = `${trial.teacher_steps} (${Math.round(100 * trial.intervention_rate)}%)`;
+    for (const text of [trial.trial ?? "?", trial.steps, formatNumber(trial.return), tookOver]) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.append(cell);
     }
     body.append(row);
   }
+}
+
+function formatNumber(value) {
+  if (value === null || value === undefined) return "–";
+  return Number.isInteger(value) ? String(value) : value.toFixed(Math.abs(value) < 10 ? 2 : 1);
+}
+
+// --- training: the run's model iteration, its loss trend, the end of the run ------------------------
+
+function setTraining(training) {
+  state.training = training || null;
+  const t = state.training;
+  $("latest-iteration").textContent = t ? t.iteration : "–";
+  $("loss").textContent = t && t.loss !== null ? t.loss.toFixed(4) : "–";
+  $("training-note").textContent = !t ? "waiting for the first model" : t.run_finished ? "the run has finished" : t.training_steps ? `${t.training_steps} training steps` : "";
+  drawLossTrend(t ? t.loss_trend : []);
+  const summary = $("run-summary");
+  summary.hidden = !(t && t.run_finished);
+  summary.textContent = summary.hidden ? "" : runSummary();
+  render();
+}
+
+function runSummary() {
+  const t = state.training;
+  const steps = state.history.reduce((sum, trial) => sum + trial.steps, 0);
+  const teacherSteps = state.history.reduce((sum, trial) => sum + trial.teacher_steps, 0);
+  const parts = [`${state.history.length} trials on this page, ${steps} steps; you took over ${teacherSteps} (${steps ? Math.round((100 * teacherSteps) / steps) : 0}%).`];
+  if (t.eval_success_rate !== null) parts.push(`Playing alone, the agent succeeds in ${Math.round(100 * t.eval_success_rate)}% of the evaluation episodes.`);
+  parts.push(`Final model: iteration ${t.iteration}${t.loss !== null ? `, loss ${t.loss.toFixed(4)}` : ""}.`);
+  return parts.join(" ");
+}
+
+// A sparkline of the loss per iteration, scaled to its own range (the trend matters, not the unit).
+function drawLossTrend(points) {
+  const trend = $("loss-trend");
+  const scale = window.devicePixelRatio || 1;
+  const width = trend.clientWidth || trend.width, height = trend.clientHeight || trend.height;
+  if (trend.width !== Math.round(width * scale)) { trend.width = Math.round(width * scale); trend.height = Math.round(height * scale); }
+  const g = trend.getContext("2d");
+  g.setTransform(scale, 0, 0, scale, 0, 0);
+  g.clearRect(0, 0, width, height);
+  if (!points || points.length < 2) {
+    g.fillStyle = "#6b7280";
+    g.font = "12px system-ui, sans-serif";
+    g.fillText(points && points.length ? "one iteration so far" : "no loss yet", 4, height / 2);
+    return;
+  }
+  const losses = points.map((p) => p[1]);
+  const low = Math.min(...losses), high = Math.max(...losses);
+  const x = (i) => 2 + ((width - 4) * i) / (points.length - 1);
+  const y = (loss) => height - 4 - ((height - 8) * (loss - low)) / (high - low || 1);
+  g.strokeStyle = "#2563eb";
+  g.lineWidth = 1.5;
+  g.beginPath();
+  points.forEach((p, i) => (i ? g.lineTo(x(i), y(p[1])) : g.moveTo(x(i), y(p[1]))));
+  g.stroke();
 }
 
 function setLink(link) {
@@ -246,19 +315,22 @@ function setKeyMap(keyMap) {
   pauseRow.innerHTML = "<td><kbd>P</kbd></td><td>Pause / resume</td>";
   legend.append(pauseRow);
   renderActing();
+  sendInput(); // the keys held may mean another action now
 }
 
 function keyLabel(key) {
   return { ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "Space" }[key] || key;
 }
 
-// --- input: keyboard, on-screen buttons ----------------------------------------------------------------
+// --- input: keyboard, on-screen buttons, gamepad ----------------------------------------------------------------
 
 function currentAction() {
   if (state.pointerAction !== null) return state.pointerAction;
-  for (let i = state.keysDown.length - 1; i >= 0; i--) {
-    const control = state.keyMap.find((c) => c.key === state.keysDown[i]);
-    if (control) return control.action;
+  for (const keys of [state.keysDown, state.gamepadKeys]) {
+    for (let i = keys.length - 1; i >= 0; i--) {
+      const control = state.keyMap.find((c) => c.key === keys[i]);
+      if (control) return control.action;
+    }
   }
   return null;
 }
@@ -286,9 +358,10 @@ window.addEventListener("keydown", (event) => {
     if (!event.repeat) togglePause();
     return;
   }
-  if (!state.keyMap.some((c) => c.key === event.key)) return;
-  event.preventDefault(); // arrows would scroll the page
+  if (state.keyMap.some((c) => c.key === event.key)) event.preventDefault(); // arrows would scroll the page
   if (event.repeat || state.keysDown.includes(event.key)) return;
+  // Every key held is kept, mapped or not: a key held when the next trial (maybe of another
+  // environment) starts acts as soon as that trial's key map arrives.
   state.keysDown.push(event.key);
   sendInput();
 });
@@ -303,6 +376,7 @@ window.addEventListener("keyup", (event) => {
 // A key released while the window is not focused never sends keyup: release everything.
 function releaseAll() {
   state.keysDown = [];
+  state.gamepadKeys = []; // polling stops in a hidden tab: a held gamepad must not keep acting
   state.pointerAction = null;
   sendInput();
 }
@@ -326,6 +400,38 @@ function bindPointer(button, action) {
   button.addEventListener("lostpointercapture", release);
   button.addEventListener("contextmenu", (event) => event.preventDefault()); // long touch
 }
+
+// --- input: gamepad (the browser's Gamepad API is polled; it has no events for buttons) ---------------
+
+const GAMEPAD_BUTTON_KEYS = { 12: "ArrowUp", 13: "ArrowDown", 14: "ArrowLeft", 15: "ArrowRight", 0: "1", 1: "2", 2: "3", 3: "4" };
+const GAMEPAD_START = 9;
+const STICK_DEAD_ZONE = 0.5;
+
+function gamepadKeys(pad) {
+  const keys = [];
+  for (const [button, key] of Object.entries(GAMEPAD_BUTTON_KEYS)) if (pad.buttons[button] && pad.buttons[button].pressed) keys.push(key);
+  const [horizontal = 0, vertical = 0] = pad.axes;
+  if (horizontal < -STICK_DEAD_ZONE) keys.push("ArrowLeft");
+  if (horizontal > STICK_DEAD_ZONE) keys.push("ArrowRight");
+  if (vertical < -STICK_DEAD_ZONE) keys.push("ArrowUp");
+  if (vertical > STICK_DEAD_ZONE) keys.push("ArrowDown");
+  return keys;
+}
+
+function pollGamepads() {
+  const pads = navigator.getGamepads ? [...navigator.getGamepads()].filter(Boolean) : [];
+  $("gamepad-state").textContent = pads.length ? `Connected: ${pads[0].id}.` : "No gamepad connected (press a button on it).";
+  const keys = pads.length ? gamepadKeys(pads[0]) : [];
+  const start = !!(pads.length && pads[0].buttons[GAMEPAD_START] && pads[0].buttons[GAMEPAD_START].pressed);
+  if (start && !state.gamepadPause) togglePause(); // on press, not while held
+  state.gamepadPause = start;
+  if (keys.join() !== state.gamepadKeys.join()) {
+    state.gamepadKeys = keys;
+    sendInput();
+  }
+  requestAnimationFrame(pollGamepads);
+}
+requestAnimationFrame(pollGamepads);
 
 $("pause").addEventListener("click", togglePause);
 $("claim").addEventListener("click", () => send({ t: "claim" }));
