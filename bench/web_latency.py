@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
+import json
 import logging
 import random
 import re
@@ -35,11 +35,14 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import cogment
 import gymnasium
+import psutil
+from omegaconf import OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -96,9 +99,17 @@ class TakeoverTimer:
 
 # --- In the benchmark process ------------------------------------------------------------------------
 
-# Counts the frames the page draws on its canvas, and notes when each Right arrow keydown happened
-# (system clock, ms): the page's own code runs unchanged.
+# Counts the frames the page receives and those it draws on its canvas, and notes when each Right
+# arrow keydown happened (system clock, ms): the page's own code runs unchanged.
 INSTRUMENTATION = """
+window.__received = 0;
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => { if (typeof event.data !== "string") window.__received += 1; });
+  }
+};
 window.__draws = [];
 const drawImage = CanvasRenderingContext2D.prototype.drawImage;
 CanvasRenderingContext2D.prototype.drawImage = function (...args) {
@@ -120,6 +131,19 @@ class Measurement:
     pace: float
     latencies_ms: list[float]
     missed: int
+    cpu_ms_per_step: dict[str, float]  # CPU time of each process group over the window, per step played
+    frames: dict[str, int]  # over the window: steps played, frames sent by the server, received and drawn by the page
+
+    def describe(self) -> str:
+        cpu = ", ".join(f"{group} {ms:.1f}" for group, ms in self.cpu_ms_per_step.items())
+        frames = ", ".join(f"{count} {what}" for what, count in self.frames.items())
+        return (
+            f"{self.rate:3g} steps/s  {self.frame_format:4s}  displayed {self.displayed_fps:5.1f} frames/s  pace {self.pace:5.1f} steps/s  "
+            f"key->env p50 {self.percentile(50):5.1f} ms  p95 {self.percentile(95):5.1f} ms  "
+            f"({len(self.latencies_ms)} presses, {self.missed} not matched)\n"
+            f"      CPU ms per step: {cpu}\n"
+            f"      in the window: {frames}"
+        )
 
     def percentile(self, q: float) -> float:
         return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(q) - 1] if len(self.latencies_ms) > 1 else float("nan")
@@ -152,8 +176,6 @@ async def measure(
     endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, components.endpoint)
     session = RunSession(RUN_ID, None, endpoints, context, metrics=None)
     cfg = {"env_id": ENV_ID, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
-    from omegaconf import OmegaConf
-
     params = SimpleBCTraining(OmegaConf.create(cfg)).trial_parameters(session, trial_number)
     environment_config = params.environment_config
     environment_config.frame_format = frame_format
@@ -171,6 +193,9 @@ async def measure(
     try:
         await page.wait_for_function("Number(document.getElementById('step').textContent) >= 30", timeout=60_000)
         draws_before = await page.evaluate("window.__draws.length")
+        step_before = int(await page.text_content("#step"))
+        received_before, sent_before = await page.evaluate("window.__received"), frames_sent(web)
+        cpu_before = cpu_seconds_by_group(services, components, web)
         started = time.monotonic()
         presses_window = seconds / presses
         for _ in range(presses):
@@ -180,6 +205,9 @@ async def measure(
             await page.keyboard.up("ArrowRight")
         elapsed = time.monotonic() - started
         draws = await page.evaluate("window.__draws.length") - draws_before
+        steps = int(await page.text_content("#step")) - step_before
+        frames = {"steps": steps, "sent": frames_sent(web) - sent_before, "received": await page.evaluate("window.__received") - received_before, "drawn": draws}
+        cpu = {group: seconds - cpu_before.get(group, 0.0) for group, seconds in cpu_seconds_by_group(services, components, web).items()}
         pace = float(await page.text_content("#sps"))
         keydowns = [ms / 1000 for ms in await page.evaluate("window.__keydowns")]
     finally:
@@ -195,7 +223,38 @@ async def measure(
             missed += 1
         else:
             latencies.append((applied - pressed) * 1000)
-    return Measurement(rate, frame_format, draws / elapsed, pace, latencies, missed)
+    cpu_ms_per_step = {group: 1000 * seconds / max(steps, 1) for group, seconds in cpu.items()}
+    return Measurement(rate, frame_format, draws / elapsed, pace, latencies, missed, cpu_ms_per_step, frames)
+
+
+def frames_sent(web: ChildServer) -> int:
+    """Frames the web server has sent to its tabs (its /api/stats)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/api/stats", timeout=5) as response:
+        return sum(tab["sent"] for tab in json.load(response)["frames"].values())
+
+
+def cpu_seconds_by_group(services: ChildServer, components: ChildServer, web: ChildServer) -> dict[str, float]:
+    """User + system CPU seconds so far of: the three servers; Chromium's renderer (the page's
+    JavaScript, layout, decoding, drawing); Chromium's other processes (browser, network, display
+    compositor); Playwright's driver; and this process."""
+    servers = {services.process.pid: "services", components.process.pid: "components", web.process.pid: "web"}
+    totals = dict.fromkeys([*servers.values(), "renderer", "chromium", "playwright", "bench"], 0.0)
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            seconds = sum(process.cpu_times()[:2])
+            if process.pid == me.pid:
+                group = "bench"
+            elif process.pid in servers:
+                group = servers[process.pid]
+            elif "node" in process.name():
+                group = "playwright"
+            else:
+                group = "renderer" if "--type=renderer" in process.cmdline() else "chromium"
+        except psutil.Error:
+            continue  # ended meanwhile
+        totals[group] += seconds
+    return totals
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -232,12 +291,7 @@ async def run(args: argparse.Namespace) -> None:
                     result = await measure(browser, services, components, web, log_dir, rate, frame_format, args.seconds, args.presses, trial_number)
                     trial_number += 1
                     results.append(result)
-                    print(
-                        f"{rate:3g} steps/s  {frame_format:4s}  displayed {result.displayed_fps:5.1f} frames/s  pace {result.pace:5.1f} steps/s  "
-                        f"key->env p50 {result.percentile(50):5.1f} ms  p95 {result.percentile(95):5.1f} ms  "
-                        f"({len(result.latencies_ms)} presses, {result.missed} not matched)",
-                        flush=True,
-                    )
+                    print(result.describe(), flush=True)
                 web.stop()
             await browser.close()
 

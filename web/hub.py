@@ -38,6 +38,8 @@ class Tab:
         self._controls: deque[str] = deque(maxlen=100)  # hello, role and history: each one matters
         self._status: dict[str, Any] | None = None  # only the latest matters
         self._frame: bytes | None = None  # only the latest matters
+        self.frames_sent = 0
+        self.frames_skipped = 0  # replaced by a newer one before this tab could take them
         self._wake = asyncio.Event()
         self.closed = False
 
@@ -48,6 +50,7 @@ class Tab:
     def push_status(self, status: dict[str, Any], frame: bytes | None = None) -> None:
         self._status = status
         if frame is not None:
+            self.frames_skipped += self._frame is not None
             self._frame = frame
         self._wake.set()
 
@@ -65,6 +68,7 @@ class Tab:
                 await send_text(json.dumps({**status, "t": "status", "role": self.role, "frame": frame is not None}))
             if frame is not None:
                 await send_bytes(frame)
+                self.frames_sent += 1
 
 
 @dataclass
@@ -314,6 +318,7 @@ class Hub:
         return {
             **self.status(),
             "tabs": len(self.tabs),
+            "frames": {tab.tab_id: {"sent": tab.frames_sent, "skipped": tab.frames_skipped} for tab in self.tabs.values()},
             "dropped": dict(self.dropped),
             "history": self.history,
             "training": self.training,

@@ -5,6 +5,16 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+
+// Frames and statuses arrive up to 60 times a second: touch the DOM only where something changed,
+// since even an identical write makes the browser lay the page out again.
+function setText(element, text) {
+  text = String(text);
+  if (element.textContent !== text) element.textContent = text;
+}
+function setClass(element, className) {
+  if (element.className !== className) element.className = className;
+}
 const canvas = $("frame");
 const ctx = canvas.getContext("2d");
 
@@ -57,7 +67,7 @@ function onText(text) {
     case "hello":
       state.history = message.history || [];
       setKeyMap(message.key_map || []);
-      $("target-sps").textContent = message.steps_per_second;
+      setText($("target-sps"), message.steps_per_second);
       setRole(message.role);
       renderHistory();
       setTraining(message.training);
@@ -101,7 +111,7 @@ async function drawFrames() {
     const { blob, status } = nextFrame;
     nextFrame = null;
     try {
-      const bitmap = await createImageBitmap(blob);
+      const bitmap = await createImageBitmap(blob); // JPEG, WebP or PNG: the browser sniffs which
       if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
         canvas.width = bitmap.width;
         canvas.height = bitmap.height;
@@ -123,7 +133,7 @@ function displayedFps() {
   while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
   return frameTimes.length;
 }
-setInterval(() => { $("fps").textContent = displayedFps(); }, 250);
+setInterval(() => setText($("fps"), displayedFps()), 250);
 
 // --- status -----------------------------------------------------------------------------------------
 
@@ -139,27 +149,27 @@ function render() {
   const s = state.status;
   const connected = state.ws && state.ws.readyState === WebSocket.OPEN;
   const running = s && s.phase === "running";
-  $("trial").textContent = running ? (s.trial ?? "?") : "–";
-  $("step").textContent = running ? s.step : "–";
-  $("sps").textContent = s ? s.steps_per_second.toFixed(0) : "0";
-  $("teacher-steps").textContent = running && s.step ? `${s.teacher_steps} (${Math.round((100 * s.teacher_steps) / s.step)}%)` : "–";
-  $("audience").textContent = s ? s.observers : "–";
-  $("return").textContent = running ? formatNumber(s.return) : "–";
-  $("agent-iteration").textContent = running && s.model_iteration !== null ? `iteration ${s.model_iteration}` : "–";
+  setText($("trial"), running ? (s.trial ?? "?") : "–");
+  setText($("step"), running ? s.step : "–");
+  setText($("sps"), s ? s.steps_per_second.toFixed(0) : "0");
+  setText($("teacher-steps"), running && s.step ? `${s.teacher_steps} (${Math.round((100 * s.teacher_steps) / s.step)}%)` : "–");
+  setText($("audience"), s ? s.observers : "–");
+  setText($("return"), running ? formatNumber(s.return) : "–");
+  setText($("agent-iteration"), running && s.model_iteration !== null ? `iteration ${s.model_iteration}` : "–");
 
   const who = $("last-actor");
   const last = running ? s.last_actor : null;
-  who.className = `last-actor ${last || "none"}`;
-  who.textContent = last === "teacher" ? "Teacher" : last === "agent" ? "Agent" : "–";
+  setClass(who, `last-actor ${last || "none"}`);
+  setText(who, last === "teacher" ? "Teacher" : last === "agent" ? "Agent" : "–");
 
   const orchestrator = s ? s.orchestrator : "–";
-  $("orch-state").textContent = orchestrator;
-  $("orch-dot").className = `dot ${orchestrator === "connected" ? "ok" : orchestrator === "unreachable" ? "bad" : ""}`;
+  setText($("orch-state"), orchestrator);
+  setClass($("orch-dot"), `dot ${orchestrator === "connected" ? "ok" : orchestrator === "unreachable" ? "bad" : ""}`);
 
   const paused = !!(s && s.paused);
   const pause = $("pause");
   pause.classList.toggle("on", paused);
-  pause.firstChild.textContent = paused ? "Resume " : "Pause ";
+  setText(pause.firstChild, paused ? "Resume " : "Pause ");
 
   // The overlay says why the picture is not moving: no link, no trial, or paused.
   let title = "", detail = "";
@@ -174,8 +184,8 @@ function render() {
     if (s && s.orchestrator !== "connected") detail = "The Cogment orchestrator is not reachable yet.";
   } else if (paused) { title = "Paused"; detail = state.role === "teacher" ? "Press P (or Resume) to go on." : "The teacher paused the trial."; }
   $("stage").classList.toggle("dim", !!title);
-  $("overlay-title").textContent = title;
-  $("overlay-detail").textContent = detail;
+  setText($("overlay-title"), title);
+  setText($("overlay-detail"), detail);
 
   $("claim").hidden = !(connected && state.role === "observer" && s && !s.teacher_present);
   renderActing();
@@ -187,7 +197,7 @@ function renderActing() {
   const control = state.keyMap.find((c) => c.action === action);
   const teaching = state.role === "teacher";
   acting.classList.toggle("taking-over", teaching && action !== null);
-  acting.textContent = !teaching ? "Read-only: watching the teacher" : action === null ? "You approve the agent (no key held)" : `You take over: ${control ? control.label : action}`;
+  setText(acting, !teaching ? "Read-only: watching the teacher" : action === null ? "You approve the agent (no key held)" : `You take over: ${control ? control.label : action}`);
   for (const button of $("action-buttons").children) {
     button.classList.toggle("active", teaching && Number(button.dataset.action) === action);
   }
@@ -222,13 +232,13 @@ function formatNumber(value) {
 function setTraining(training) {
   state.training = training || null;
   const t = state.training;
-  $("latest-iteration").textContent = t ? t.iteration : "–";
-  $("loss").textContent = t && t.loss !== null ? t.loss.toFixed(4) : "–";
-  $("training-note").textContent = !t ? "waiting for the first model" : t.run_finished ? "the run has finished" : t.training_steps ? `${t.training_steps} training steps` : "";
+  setText($("latest-iteration"), t ? t.iteration : "–");
+  setText($("loss"), t && t.loss !== null ? t.loss.toFixed(4) : "–");
+  setText($("training-note"), !t ? "waiting for the first model" : t.run_finished ? "the run has finished" : t.training_steps ? `${t.training_steps} training steps` : "");
   drawLossTrend(t ? t.loss_trend : []);
   const summary = $("run-summary");
   summary.hidden = !(t && t.run_finished);
-  summary.textContent = summary.hidden ? "" : runSummary();
+  setText(summary, summary.hidden ? "" : runSummary());
   render();
 }
 
@@ -269,7 +279,7 @@ function drawLossTrend(points) {
 }
 
 function setLink(link) {
-  $("ws-state").textContent = link;
+  setText($("ws-state"), link);
   $("ws-dot").className = `dot ${link === "connected" ? "ok" : link === "reconnecting" ? "bad" : ""}`;
 }
 
@@ -418,9 +428,13 @@ function gamepadKeys(pad) {
   return keys;
 }
 
+// Polled once an animation frame, only while a gamepad is connected (the browser announces a pad
+// when one of its buttons is first pressed): without one, the page does no work between frames.
+let polling = false;
+
 function pollGamepads() {
   const pads = navigator.getGamepads ? [...navigator.getGamepads()].filter(Boolean) : [];
-  $("gamepad-state").textContent = pads.length ? `Connected: ${pads[0].id}.` : "No gamepad connected (press a button on it).";
+  setText($("gamepad-state"), pads.length ? `Connected: ${pads[0].id}.` : "No gamepad connected (press a button on it).");
   const keys = pads.length ? gamepadKeys(pads[0]) : [];
   const start = !!(pads.length && pads[0].buttons[GAMEPAD_START] && pads[0].buttons[GAMEPAD_START].pressed);
   if (start && !state.gamepadPause) togglePause(); // on press, not while held
@@ -429,9 +443,11 @@ function pollGamepads() {
     state.gamepadKeys = keys;
     sendInput();
   }
-  requestAnimationFrame(pollGamepads);
+  polling = pads.length > 0;
+  if (polling) requestAnimationFrame(pollGamepads);
 }
-requestAnimationFrame(pollGamepads);
+window.addEventListener("gamepadconnected", () => { if (!polling) pollGamepads(); });
+window.addEventListener("gamepaddisconnected", () => { if (!polling) pollGamepads(); });
 
 $("pause").addEventListener("click", togglePause);
 $("claim").addEventListener("click", () => send({ t: "claim" }));
