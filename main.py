@@ -99,8 +99,15 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple
             child.stop()
 
 
-async def run_experiment(cfg: DictConfig, run_id: str, endpoints: Endpoints, supervised: list[SupervisedServer], data_dir: Path) -> None:
-    training = load_class(cfg.run.class_name, "run.class_name")(cfg.run)
+def build_training(cfg: DictConfig):
+    """The run implementation; a config it refuses stops ``main`` before anything starts."""
+    try:
+        return load_class(cfg.run.class_name, "run.class_name")(cfg.run)
+    except ValueError as error:
+        raise SystemExit(f"Bad run config: {error}") from None
+
+
+async def run_experiment(cfg: DictConfig, training, run_id: str, endpoints: Endpoints, supervised: list[SupervisedServer], data_dir: Path) -> None:
     watchers = [asyncio.create_task(server.watch()) for server in supervised]
     metrics = MetricsLogger(data_dir=data_dir, server_port=cfg.mlflow.port)
     metrics.start_run(cfg.mlflow.experiment_name, run_name=run_id, resume=bool(cfg.resume))
@@ -142,9 +149,10 @@ def main(cfg: DictConfig) -> None:
     data_dir = Path(cfg.data_dir).absolute()
     experiment = HydraConfig.get().runtime.choices.get("experiment", "run").replace("/", "-")
     run_id = cfg.resume or cfg.run_id or f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    training = build_training(cfg)
     print(f"Run {run_id} ({cfg.run.class_name}), logs in {log_dir}", flush=True)
     with child_servers(cfg, log_dir, run_id) as (endpoints, supervised, web_url):
-        asyncio.run(run_experiment(cfg, run_id, endpoints, supervised, data_dir))
+        asyncio.run(run_experiment(cfg, training, run_id, endpoints, supervised, data_dir))
         if web_url and cfg.web.stay_open_after_run:
             print(f"Run {run_id} finished: its summary is on the page at {web_url}. Ctrl-C to quit.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):

@@ -192,6 +192,8 @@ class SimpleBCTraining:
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.environment_specs = environment_specs(cfg.env_id)
+        if "eval_success" in cfg:
+            SuccessRule.parse(cfg.eval_success)  # a typo must stop the run before anyone teaches, not after
 
     # The teacher's slot: a scripted teacher served by the components, or a person through the
     # web page ("client"). A person may close the tab: the slot is optional and defaults to NO-OP.
@@ -343,23 +345,51 @@ class SimpleBCTraining:
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
 
 
-def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, success: str = "terminated") -> float:
-    """Share of successful episodes of the agent alone, on held-out seeds.
+@dataclass(frozen=True)
+class SuccessRule:
+    """When an episode of the agent alone counts as a success (``run.eval_success``).
 
-    What success is depends on the environment: reaching a goal ends MountainCar (``terminated``),
-    while CartPole succeeds by lasting until the time limit (``truncated``).
+    It depends on the environment: reaching a goal ends MountainCar or Acrobot (``terminated``),
+    CartPole succeeds by lasting until the time limit (``truncated``), and LunarLander ends both
+    ways whether it lands or crashes, so there a score decides (``return>=200``).
     """
-    if success not in ("terminated", "truncated"):
-        raise ValueError(f"run.eval_success is {success!r}: use terminated or truncated")
+
+    kind: str  # "terminated", "truncated" or "return"
+    threshold: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> SuccessRule:
+        if text in ("terminated", "truncated"):
+            return cls(text)
+        if text.startswith("return>="):
+            try:
+                return cls("return", float(text.removeprefix("return>=")))
+            except ValueError:
+                pass
+        raise ValueError(f"run.eval_success is {text!r}: use terminated, truncated or return>=NUMBER (e.g. return>=200)")
+
+    def succeeded(self, terminated: bool, truncated: bool, episode_return: float) -> bool:
+        if self.kind == "terminated":
+            return terminated
+        if self.kind == "truncated":
+            return truncated and not terminated
+        return episode_return >= self.threshold
+
+
+def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, success: str = "terminated") -> float:
+    """Share of successful episodes of the agent alone, on held-out seeds."""
+    rule = SuccessRule.parse(success)
     env = gymnasium.make(env_id)
     successes = 0
     try:
         for episode in range(episodes):
             observation, _info = env.reset(seed=first_seed + episode)
+            episode_return = 0.0
             while True:
-                observation, _reward, terminated, truncated, _info = env.step(model.act(observation))
+                observation, reward, terminated, truncated, _info = env.step(model.act(observation))
+                episode_return += float(reward)
                 if terminated or truncated:
-                    successes += terminated if success == "terminated" else (truncated and not terminated)
+                    successes += rule.succeeded(terminated, truncated, episode_return)
                     break
     finally:
         env.close()

@@ -5,9 +5,10 @@
 For each trial pace (steps/s) and each frame encoding, one MountainCar trial runs through the real
 stack: ``python -m apprentice.services``, ``python -m apprentice.components`` (the gym environment
 and the simple_bc player with an untrained model) and ``python -m web``, with the page open in
-headless Debian Chromium (Playwright). During ``--seconds`` the benchmark taps the Right arrow
-``--presses`` times at random moments (so that presses land anywhere within a step period) and
-measures:
+headless Debian Chromium (Playwright). During ``--seconds`` the benchmark taps the Down arrow
+``--presses`` times at random moments (so that presses land anywhere within a step period; Down,
+"don't accelerate", is a takeover that never brings the car to the flag, which would end the
+trial) and measures:
 
 - displayed frames/s: frames the page drew on its canvas (``drawImage`` calls), over the window;
 - key to environment: from the browser's ``keydown`` event (its timestamp, on the system clock) to
@@ -118,7 +119,7 @@ CanvasRenderingContext2D.prototype.drawImage = function (...args) {
 };
 window.__keydowns = [];
 window.addEventListener("keydown", (event) => {
-  if (event.key === "ArrowRight" && !event.repeat) window.__keydowns.push(performance.timeOrigin + event.timeStamp);
+  if (event.key === "ArrowDown" && !event.repeat) window.__keydowns.push(performance.timeOrigin + event.timeStamp);
 }, true);
 """
 
@@ -193,19 +194,19 @@ async def measure(
     try:
         await page.wait_for_function("Number(document.getElementById('step').textContent) >= 30", timeout=60_000)
         draws_before = await page.evaluate("window.__draws.length")
-        step_before = int(await page.text_content("#step"))
+        step_before = await displayed_step(page)
         received_before, sent_before = await page.evaluate("window.__received"), frames_sent(web)
         cpu_before = cpu_seconds_by_group(services, components, web)
         started = time.monotonic()
         presses_window = seconds / presses
         for _ in range(presses):
             await asyncio.sleep(random.uniform(0.5, 1.0) * presses_window)
-            await page.keyboard.down("ArrowRight")
+            await page.keyboard.down("ArrowDown")
             await asyncio.sleep(0.1)
-            await page.keyboard.up("ArrowRight")
+            await page.keyboard.up("ArrowDown")
         elapsed = time.monotonic() - started
         draws = await page.evaluate("window.__draws.length") - draws_before
-        steps = int(await page.text_content("#step")) - step_before
+        steps = await displayed_step(page) - step_before
         frames = {"steps": steps, "sent": frames_sent(web) - sent_before, "received": await page.evaluate("window.__received") - received_before, "drawn": draws}
         cpu = {group: seconds - cpu_before.get(group, 0.0) for group, seconds in cpu_seconds_by_group(services, components, web).items()}
         pace = float(await page.text_content("#sps"))
@@ -225,6 +226,13 @@ async def measure(
             latencies.append((applied - pressed) * 1000)
     cpu_ms_per_step = {group: 1000 * seconds / max(steps, 1) for group, seconds in cpu.items()}
     return Measurement(rate, frame_format, draws / elapsed, pace, latencies, missed, cpu_ms_per_step, frames)
+
+
+async def displayed_step(page) -> int:
+    text = await page.text_content("#step")
+    if not text or not text.isdigit():
+        raise RuntimeError("the trial ended during the measurement window: give fewer --seconds")
+    return int(text)
 
 
 def frames_sent(web: ChildServer) -> int:

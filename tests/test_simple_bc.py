@@ -25,18 +25,18 @@ TRIAL_LINE = re.compile(r"^trial\s+(\d+)\s+steps\s+(\d+)\s+return\s+(\S+)\s+inte
 RESULT_LINE = re.compile(r"success rate alone (\d+)% over (\d+) episodes")
 
 
-def main_command(tmp_path: Path, *overrides: str) -> list[str]:
+def main_command(tmp_path: Path, *overrides: str, experiment: str = "simple_bc/mountain_car", teacher: str = "scripted") -> list[str]:
     return [
-        sys.executable, "-m", "main", "+experiment=simple_bc/mountain_car", "teacher=scripted",
+        sys.executable, "-m", "main", f"+experiment={experiment}", f"teacher={teacher}",
         f"data_dir={tmp_path / 'data'}", f"services.port={free_port()}", f"services.components_port={free_port()}",
         f"hydra.run.dir={tmp_path / 'outputs'}", *overrides,
     ]
 
 
-def run_main(tmp_path: Path, *overrides: str, mlflow_port: int | None = None) -> str:
+def run_main(tmp_path: Path, *overrides: str, mlflow_port: int | None = None, **choices: str) -> str:
     # Nothing listens on mlflow.port unless a test starts simple_mlflow: the run then writes the
     # local store in the test's data dir, never the developer's.
-    command = main_command(tmp_path, f"mlflow.port={mlflow_port or free_port()}", *overrides)
+    command = main_command(tmp_path, f"mlflow.port={mlflow_port or free_port()}", *overrides, **choices)
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240, env=environment)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
@@ -147,3 +147,21 @@ def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):
     trials = trial_lines(output)
     assert trials[-1][0] == 6 and trials[-1][1] > 0, "the last trial ran on the restarted services"
     assert RESULT_LINE.search(output)
+
+
+@pytest.mark.parametrize(("experiment", "env_id"), [("simple_bc/cartpole", "CartPole-v1"), ("simple_bc/acrobot", "Acrobot-v1"), ("simple_bc/lunar_lander", "LunarLander-v3")])
+def test_the_other_experiments_run_with_the_page_as_their_teacher(tmp_path, experiment, env_id):
+    """Nobody at the page: the page plays NO-OP, approving the agent, and the run ends by itself."""
+    overrides = ["run.num_trials=1", "run.eval_episodes=3", f"web.port={free_port()}", "web.steps_per_second=0", "web.stay_open_after_run=false"]
+    output = run_main(tmp_path, *overrides, experiment=experiment, teacher="human")
+    ((trial, steps, _return, intervention, _iteration),) = trial_lines(output)
+    assert trial == 1 and steps > 0 and intervention == 0.0, output
+    assert RESULT_LINE.search(output)[2] == "3"
+    assert f"({env_id}): {steps} steps" in (tmp_path / "outputs" / "components.log").read_text()
+
+
+def test_a_bad_run_setting_stops_main_before_anything_starts(tmp_path):
+    finished = subprocess.run(main_command(tmp_path, "run.eval_success=sometimes"), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode != 0
+    assert "run.eval_success is 'sometimes': use terminated, truncated or return>=NUMBER" in finished.stderr
+    assert "Run " not in finished.stdout  # nothing started

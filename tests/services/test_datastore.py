@@ -105,6 +105,14 @@ class DatalogWriter:
         return code, details
 
 
+async def wait_for_sample_count(endpoint: str, trial_id: str, count: int, timeout: float = 10.0) -> None:
+    datastore = sdk_datastore(endpoint)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not [info for info in await datastore.get_trials([trial_id]) if info.sample_count >= count]:
+        assert asyncio.get_running_loop().time() < deadline, f"{trial_id} never had {count} samples stored"
+        await asyncio.sleep(0.02)
+
+
 async def log_trial(endpoint: str, trial_id: str, samples: list, params=None, user_id: str = "alice") -> None:
     writer = DatalogWriter(endpoint, trial_id, user_id)
     await writer.params(params or make_params())
@@ -545,7 +553,8 @@ async def test_bad_datalog_streams_get_clear_errors_and_keep_stored_samples(serv
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "'trial-id' metadata" in details
 
     writer = DatalogWriter(endpoint, "no-params")
-    await writer.sample(make_sample(0))
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the service may have answered already
+        await writer.sample(make_sample(0))
     code, details = await writer.failure()
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "first RunTrialDatalog message must carry the trial_params" in details
 
@@ -554,7 +563,8 @@ async def test_bad_datalog_streams_get_clear_errors_and_keep_stored_samples(serv
     await writer.sample(make_sample(0))
     bad = make_sample(1)
     bad.actions.add(content=b"fourth actor?")
-    await writer.sample(bad)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await writer.sample(bad)
     code, details = await writer.failure()
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "4 actions but the trial params list 3 actors" in details
 
@@ -563,7 +573,8 @@ async def test_bad_datalog_streams_get_clear_errors_and_keep_stored_samples(serv
     await writer.sample(make_sample(0))
     huge = make_sample(1)
     huge.observations.observations[1] = b"x" * (4 * 1024 * 1024 + 10)
-    await writer.sample(huge)
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await writer.sample(huge)
     code, details = await writer.failure()
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "4 MiB" in details and "tick 1" in details
 
@@ -571,6 +582,9 @@ async def test_bad_datalog_streams_get_clear_errors_and_keep_stored_samples(serv
     writer = DatalogWriter(endpoint, "huger")
     await writer.params(make_params())
     await writer.sample(make_sample(0))
+    # gRPC kills the whole stream, with whatever the service had not read yet: wait until sample 0
+    # is stored, the case this test is about.
+    await wait_for_sample_count(endpoint, "huger", 1)
     huger = make_sample(1)
     huger.observations.observations[1] = b"x" * (17 * 1024 * 1024)
     with contextlib.suppress(grpc.aio.AioRpcError):
