@@ -208,7 +208,7 @@ async def measure(
         draws = await page.evaluate("window.__draws.length") - draws_before
         steps = await displayed_step(page) - step_before
         frames = {"steps": steps, "sent": frames_sent(web) - sent_before, "received": await page.evaluate("window.__received") - received_before, "drawn": draws}
-        cpu = {group: seconds - cpu_before.get(group, 0.0) for group, seconds in cpu_seconds_by_group(services, components, web).items()}
+        cpu = {group: total - cpu_before.get(group, 0.0) for group, total in cpu_seconds_by_group(services, components, web).items()}
         pace = float(await page.text_content("#sps"))
         keydowns = [ms / 1000 for ms in await page.evaluate("window.__keydowns")]
     finally:
@@ -224,7 +224,7 @@ async def measure(
             missed += 1
         else:
             latencies.append((applied - pressed) * 1000)
-    cpu_ms_per_step = {group: 1000 * seconds / max(steps, 1) for group, seconds in cpu.items()}
+    cpu_ms_per_step = {group: 1000 * used / max(steps, 1) for group, used in cpu.items()}
     return Measurement(rate, frame_format, draws / elapsed, pace, latencies, missed, cpu_ms_per_step, frames)
 
 
@@ -237,7 +237,8 @@ async def displayed_step(page) -> int:
 
 def frames_sent(web: ChildServer) -> int:
     """Frames the web server has sent to its tabs (its /api/stats)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{web.port}/api/stats", timeout=5) as response:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    with opener.open(f"http://127.0.0.1:{web.port}/api/stats", timeout=5) as response:
         return sum(tab["sent"] for tab in json.load(response)["frames"].values())
 
 
