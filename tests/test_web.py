@@ -425,7 +425,7 @@ async def test_other_discrete_environments_play_with_their_own_keys(stack, trial
     steps = await trials.wait_ended(trial_id)  # CartPole falls within a second when pushed one way
     await page.keyboard.up(key)
     assert await page.evaluate("[document.getElementById('frame').width, document.getElementById('frame').height]") == list(frame_size)
-    assert await page.evaluate("window.__draws") >= min(steps, 5)
+    assert await page.evaluate("window.__draws") >= 1  # behind, the page skips to the newest frame: not every one
 
     actions = await trials.teacher_actions(trial_id)
     assert len(actions) == steps >= 5
