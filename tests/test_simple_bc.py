@@ -6,12 +6,14 @@ scripted teacher plays the teacher's part, metrics go to MLflow (a real server o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,20 @@ def run_main(tmp_path: Path, *overrides: str, mlflow_port: int | None = None, **
     finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240, env=environment)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
     return finished.stdout
+
+
+@contextlib.contextmanager
+def running_main(tmp_path: Path, *overrides: str, stderr=subprocess.DEVNULL) -> Iterator[subprocess.Popen]:
+    """The main job in the background, its stdout readable line by line; killed if still running after."""
+    command = main_command(tmp_path, f"mlflow.port={free_port()}", *overrides)
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def trial_lines(output: str) -> list[tuple[int, int, float, float, int]]:
@@ -91,10 +107,7 @@ def test_metrics_reach_a_running_simple_mlflow_server(tmp_path):
 
 
 def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_path):
-    command = main_command(tmp_path, f"mlflow.port={free_port()}", "run.num_trials=50", "run_id=killed-run")
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with running_main(tmp_path, "run.num_trials=50", "run_id=killed-run") as process:
         seen = []
         deadline = time.monotonic() + 120
         while len(seen) < 2 and time.monotonic() < deadline:
@@ -105,10 +118,6 @@ def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_pa
         assert len(seen) == 2, "the run never reported two trials"
         process.send_signal(signal.SIGKILL)  # no clean-up from the run itself
         process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     time.sleep(3)  # the services, orphaned, end their trials and flush (SIGTERM from the dying parent)
 
     output = run_main(tmp_path, "run.num_trials=1", "resume=killed-run")
@@ -124,10 +133,7 @@ def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_pa
 def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):
     import psutil
 
-    command = main_command(tmp_path, f"mlflow.port={free_port()}", "run.num_trials=6", "run.eval_episodes=5")
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with running_main(tmp_path, "run.num_trials=6", "run.eval_episodes=5", stderr=subprocess.STDOUT) as process:
         lines = []
         while not any(TRIAL_LINE.match(line) for line in lines):
             line = process.stdout.readline()
@@ -137,10 +143,6 @@ def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):
                          if "apprentice.components" in " ".join(child.cmdline())]
         components.kill()  # the environment and actor services crash
         output, _ = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     output = "".join(lines) + output
     assert process.returncode == 0, output[-4000:]
     assert "components exited" in output and "starting it again" in output, output[-4000:]

@@ -52,10 +52,10 @@ class IterationFigures:
 
 def _number(user_data: Any, key: str, kind: type) -> Any:
     try:
-        value = kind(float(user_data[key])) if kind is int else float(user_data[key])
+        value = float(user_data[key])
     except (KeyError, ValueError, TypeError):
         return None
-    return value if math.isfinite(value) else None
+    return kind(value) if math.isfinite(value) else None
 
 
 def training_view(iterations: list[IterationFigures]) -> dict[str, Any]:
