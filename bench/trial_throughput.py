@@ -7,14 +7,16 @@ Measured in one run, on this machine:
 1. echo: round trips/s of a plain grpc.aio bidirectional stream between two processes (strict
    ping-pong, ~100-byte messages). It is the practical ceiling of Python gRPC here.
 2. raw gym: MountainCar steps/s with the same policy and teacher calls, no Cogment
-   (``SimpleBCModel.act`` for the player, ``teacher_decision`` for the scripted teacher). Before
-   it, the seconds a plain 10M-iteration Python loop takes: the VM is shared and its speed varies
-   over time; this says which state a run caught.
+   (``GreedyPolicy.act`` of an untrained ``SimpleBCModel`` for the player, ``teacher_decision``
+   for the scripted teacher). Before it, the seconds a plain 10M-iteration Python loop takes: the
+   VM is shared and its speed varies over time; this says which state a run caught.
 3. Cogment, one trial at a time, then ``--parallel`` trials at once: the real thing through the SDK.
    ``python -m apprentice.services`` (orchestrator + datastore + model registry, datalog on) and
    ``python -m apprentice.components`` (``GymEnvironment``, ``SimpleBCActor`` playing an untrained
    ``SimpleBCModel`` published in the registry, ``ScriptedTeacher``) run as subprocesses; this
-   process is the controller. No rendering.
+   process is the controller. No rendering. Then one trial at a time again with do-nothing
+   components (``bench/null_components.py``): the same messages, no application work, so the
+   runtime's own ceiling (the SDK and Apprentice's services).
 
 Targets (the project's): one trial >= (echo round trips/s / 3) / 3 ticks/s, i.e. a tick may cost
 about three round trips (action set -> env observations, observations -> actor actions, plus the
@@ -72,6 +74,8 @@ HIDDEN_SIZES = [64, 64]
 ENVIRONMENT = "gym=environments.gym_environment.GymEnvironment"
 PLAYER = "simple_bc=actors.simple_bc.SimpleBCActor"
 TEACHER = "scripted_teacher=actors.scripted_teacher.ScriptedTeacher"
+NULL_ENVIRONMENT = "null=bench.null_components.NullEnvironment"
+NULL_ACTOR = "null=bench.null_components.NullActor"
 ECHO_METHOD = "/bench.Echo/PingPong"
 ECHO_PAYLOAD = b"x" * 100
 
@@ -168,14 +172,14 @@ def measure_raw_gym(seconds: float, ticks: int) -> float:
     """MountainCar with the same calls the actors make per step (player + teacher), no Cogment."""
     env = gymnasium.make(ENV_ID, max_episode_steps=ticks)
     torch.manual_seed(0)
-    model = SimpleBCModel(MODEL_ID, environment_specs(ENV_ID), HIDDEN_SIZES)  # untrained, as in the trials
+    policy = SimpleBCModel(MODEL_ID, environment_specs(ENV_ID), HIDDEN_SIZES).greedy_policy()  # untrained, as in the trials
     observation, _ = env.reset(seed=0)
     last_player_action = None
     steps = 0
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
-        player_action = model.act(observation)
+        player_action = policy.act(observation)
         teacher_action = teacher_decision(observation, last_player_action)
         action = player_action if teacher_action is None else teacher_action
         observation, _reward, terminated, truncated, _ = env.step(action)
@@ -267,6 +271,24 @@ def trial_parameters(
             env_id=ENV_ID, seed=seed, render=False, make_kwargs_json=json.dumps({"max_episode_steps": ticks})
         ),
         datalog_endpoint=services.endpoint,
+        actors=actors,
+    )
+
+
+def null_trial_parameters(services: ChildServer, null_components: ChildServer, ticks: int) -> cogment.TrialParameters:
+    """The same trial shape with do-nothing components (``bench/null_components.py``), ``ticks`` long."""
+    actors = [
+        cogment.ActorParameters(
+            cog_settings, name=name, class_name=name, endpoint=null_components.endpoint, implementation="null"
+        )
+        for name in (cog_settings.PLAYER_ACTOR_CLASS, cog_settings.TEACHER_ACTOR_CLASS)
+    ]
+    return cogment.TrialParameters(
+        cog_settings,
+        environment_endpoint=null_components.endpoint,
+        environment_implementation="null",
+        datalog_endpoint=services.endpoint,
+        max_steps=ticks,
         actors=actors,
     )
 
@@ -449,9 +471,14 @@ def machine_seconds() -> tuple[float, float]:
 
 
 async def measure_cogment(
-    args: argparse.Namespace, services: ChildServer, components: ChildServer, profiler: Profiler | None
-) -> tuple[CogmentResult, CogmentResult]:
-    """Publish the untrained model, then measure one trial and ``--parallel`` trials."""
+    args: argparse.Namespace,
+    services: ChildServer,
+    components: ChildServer,
+    null_components: ChildServer,
+    profiler: Profiler | None,
+) -> tuple[CogmentResult, CogmentResult, CogmentResult]:
+    """Publish the untrained model, then measure one trial, ``--parallel`` trials, and one trial of
+    do-nothing components."""
     specs = environment_specs(ENV_ID)
     context = cogment.Context(user_id="bench", cog_settings=cog_settings, prometheus_registry=None)
     controller = context.get_controller(cogment.Endpoint(services.endpoint))
@@ -475,9 +502,18 @@ async def measure_cogment(
             one = await run_trials(controller, ends, make_params, processes, args.duration, workers=1)
         with profiling(f"{args.parallel}-parallel"):
             many = await run_trials(controller, ends, make_params, processes, args.duration, workers=args.parallel)
+
+        null_processes = {"services": services.process.pid, "null components": null_components.process.pid}
+        null_processes["controller"] = psutil.Process().pid
+
+        def make_null_params(_seed: int) -> cogment.TrialParameters:
+            return null_trial_parameters(services, null_components, args.ticks)
+
+        await run_trials(controller, ends, make_null_params, null_processes, seconds=0, workers=1)
+        null = await run_trials(controller, ends, make_null_params, null_processes, args.duration, workers=1)
     finally:
         ends.close()
-    return one, many
+    return one, many, null
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -504,7 +540,7 @@ async def run(args: argparse.Namespace) -> None:
 
         # Every child starts first (idle until its measurement): the measurements run back to back.
         echo_server = start_child("echo", [__file__, "--echo-server"], log_dir, exit_stack)
-        services = components = None
+        services = components = null_components = None
         if not args.skip_cogment:
             quiet = ["--port", "0", "--log-level", "WARNING"]
             services_command = ["-m", "apprentice.services", *quiet, "--data-dir", str(log_dir / "data")]
@@ -512,6 +548,8 @@ async def run(args: argparse.Namespace) -> None:
             components_command = ["-m", "apprentice.components", *quiet, "--model-registry", services.endpoint,
                                   "--environment", ENVIRONMENT, "--actor", PLAYER, "--actor", TEACHER]  # fmt: skip
             components = start_child("components", components_command, log_dir, exit_stack)
+            null_command = ["-m", "apprentice.components", *quiet, "--environment", NULL_ENVIRONMENT, "--actor", NULL_ACTOR]
+            null_components = start_child("null-components", null_command, log_dir, exit_stack)
 
         echo = await measure_echo(echo_server, args.echo_seconds)
         echo_server.stop()
@@ -528,7 +566,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.skip_cogment:
             return
         try:
-            one, many = await measure_cogment(args, services, components, profiler)
+            one, many, null = await measure_cogment(args, services, components, null_components, profiler)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -539,9 +577,11 @@ async def run(args: argparse.Namespace) -> None:
         target_many = 1.6 * one.ticks_per_second
         print(f"Cogment, 1 trial at a time:  {describe(one)}")
         print(f"Cogment, {args.parallel} parallel trials:   {describe(many)}")
+        print(f"Cogment, do-nothing components, 1 trial: {describe(null)}")
         print()
         print(f"1 trial / echo round trips:  {one.ticks_per_second / echo_rate:6.3f}   (target >= 1/9 = 0.111)")
         print(f"1 trial / raw gym:           {one.ticks_per_second / gym_rate:6.3f}")
+        print(f"do-nothing components / echo: {null.ticks_per_second / echo_rate:6.3f}   (the runtime's own ceiling)")
         speedup = many.ticks_per_second / one.ticks_per_second
         print(f"{args.parallel} parallel / 1 trial:       {speedup:6.2f}   (target >= 1.6)")
         print(

@@ -6,13 +6,15 @@ MountainCar in one trial and a MuJoCo task in the next.
 
 Actors, by class (see ``apprentice.cog_settings``):
 
-* exactly one ``player``: its action is performed unless the teacher takes over; it gets the reward
-  (and so does the teacher, who watches the score like a person watching the game);
+* exactly one ``player``: its action is performed unless the teacher takes over;
 * at most one ``teacher``: a value takes over for this tick, a NO-OP (or an action outside the
   action space, or no action at all) leaves the player in control.
 
-Every actor receives the same ``Observation``. The trial ends when gymnasium says terminated or
-truncated, or when the orchestrator asks (``max_steps``, terminate request).
+Every actor receives the same ``Observation`` and the reward: the teacher watches the score like a
+person watching the game. The reward goes out once, addressed to ``*`` (every actor), rather than
+once per actor: one message less per tick on the trial's critical path. The trial ends when
+gymnasium says terminated or truncated, or when the orchestrator asks (``max_steps``, terminate
+request).
 """
 
 from __future__ import annotations
@@ -50,13 +52,7 @@ class Roles:
     """Where the player and the (optional) teacher sit in the trial's actor list."""
 
     player_index: int
-    player_name: str
     teacher_index: int | None
-    teacher_name: str | None
-
-    @property
-    def reward_recipients(self) -> list[str]:
-        return [self.player_name] if self.teacher_name is None else [self.player_name, self.teacher_name]
 
 
 @dataclass
@@ -70,17 +66,15 @@ class TrialStats:
 
 def find_roles(actors: list[ActorInfo]) -> Roles:
     """Check the trial has one player and at most one teacher, and locate them."""
-    players = [(i, a.actor_name) for i, a in enumerate(actors) if a.actor_class_name == PLAYER_ACTOR_CLASS]
+    players = [i for i, a in enumerate(actors) if a.actor_class_name == PLAYER_ACTOR_CLASS]
     teachers = [i for i, a in enumerate(actors) if a.actor_class_name == TEACHER_ACTOR_CLASS]
     if len(players) != 1 or len(teachers) > 1:
         raise ValueError(
             f"a gym trial needs exactly one '{PLAYER_ACTOR_CLASS}' and at most one '{TEACHER_ACTOR_CLASS}', "
             f"got {[(a.actor_name, a.actor_class_name) for a in actors]}"
         )
-    ((player_index, player_name),) = players
-    teacher_index = teachers[0] if teachers else None
-    teacher_name = actors[teacher_index].actor_name if teacher_index is not None else None
-    return Roles(player_index, player_name, teacher_index, teacher_name)
+    (player_index,) = players
+    return Roles(player_index, teachers[0] if teachers else None)
 
 
 def make_env(config: EnvironmentConfig) -> gymnasium.Env:
@@ -157,7 +151,7 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
                 observation.last_player_action.CopyFrom(player_action)
             observation.last_step_demonstration = step.demonstration
             observations = [("*", observation)]
-            environment_session.add_reward(value=float(reward), confidence=1.0, to=roles.reward_recipients)
+            environment_session.add_reward(value=float(reward), confidence=1.0, to=["*"])
             if terminated or truncated or event.type == cogment.EventType.ENDING:
                 environment_session.end(observations)
                 ended = True

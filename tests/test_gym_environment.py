@@ -230,7 +230,7 @@ async def test_teacher_takes_over_and_approves(stack):
         assert sample.actors_data[TEACHER].observation == sample.actors_data[PLAYER].observation
 
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.act(observation)  # greedy, from the published iteration
+        assert player == model.greedy_policy().act(observation)  # greedy, from the published iteration
         player_actions.add(player)
         teacher = gym_action(sample.actors_data[TEACHER].action, env.action_space)
         assert teacher == teacher_decision(observation, last_player_action), f"step {step}"
@@ -267,7 +267,7 @@ async def test_player_only_box_actions_and_rendered_frames(stack):
         np.testing.assert_array_equal(observation_of(sample, PLAYER), observation)
         action = gym_action(sample.actors_data[PLAYER].action, env.action_space)
         assert action.dtype == np.float32 and action.shape == (1,)
-        np.testing.assert_array_equal(action, model.act(observation))
+        np.testing.assert_array_equal(action, model.greedy_policy().act(observation))
         observation, reward, _terminated, _truncated, _ = env.step(action)
         frames.append(env.render())
         assert sample.actors_data[PLAYER].reward == pytest.approx(reward)
@@ -301,7 +301,7 @@ async def test_invalid_teacher_actions_count_as_noop(stack):
         with pytest.raises(InvalidAction):
             gym_action(sample.actors_data[TEACHER].action, env.action_space)
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.act(observation)
+        assert player == model.greedy_policy().act(observation)
         observation, *_ = env.step(player)  # the player's action is performed
     np.testing.assert_array_equal(observation_of(samples[-1], PLAYER), observation)
     check_last_step_fields(samples, TEACHER, env.action_space)
@@ -323,7 +323,7 @@ async def test_trial_ended_by_the_orchestrator(stack):
     observation, _ = env.reset(seed=0)
     for sample in samples[:-1]:
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.act(observation)
+        assert player == model.greedy_policy().act(observation)
         observation, _reward, terminated, truncated, _ = env.step(player)
         assert not (terminated or truncated)
     np.testing.assert_array_equal(observation_of(samples[-1], PLAYER), observation)
