@@ -334,7 +334,6 @@ class Trial:
                 self._timers.append(
                     loop.call_later(actor.params.response_timeout, self._on_response_timeout, actor, self.tick_id)
                 )
-        self.datalog.balance()
         self._maybe_send_actions()
 
     def _check_observation_set(self, observation_set: environment_pb2.ObservationSet) -> str:
@@ -470,6 +469,9 @@ class Trial:
             self._final_observation_expected = True
             self.environment.send(environment_pb2.EnvRunTrialInput(state=LAST))
         self.environment.send(environment_pb2.EnvRunTrialInput(state=NORMAL, action_set=action_set))
+        # Samples go to the datalog now, while the environment computes its step: earlier, their
+        # writes would delay the observations on their way to the actors.
+        self.datalog.balance()
 
     # -- rewards and messages -----------------------------------------------------------------------
 
