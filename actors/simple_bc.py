@@ -1,7 +1,8 @@
 """Behavioral cloning with a teacher in the loop (the full version of tutorial step 4).
 
 Read top to bottom:
-1. ``SimpleBCModel``: an MLP policy that the model registry can store.
+1. ``SimpleBCModel``: an MLP policy that the model registry can store, trained with torch, and
+   ``GreedyPolicy``, the numpy snapshot of its weights that acts.
 2. ``SimpleBCActor``: the ``player`` that acts with the latest published iteration.
 3. ``SimpleBCTraining``: the run. It publishes an untrained model, starts trials one after
    another, turns each step into a sample ``(demonstration, observation, action)`` and trains
@@ -134,8 +135,8 @@ class GreedyPolicy:
     Acting needs no gradients and no batches, and torch's per-operation overhead dominates such a
     tiny network: timed inside the components process during bench/trial_throughput.py, among gRPC
     and asyncio, one torch forward took ~350 µs against ~80 µs for this one (50 and 8 µs in a tight
-    loop), and the actor acts at every step of every trial. The layers are those of ``SimpleBCModel.network`` (Linear, ReLU,
-    ..., Linear); a test checks both give the same actions.
+    loop), and the actor acts at every step of every trial. The layers are those of
+    ``SimpleBCModel.network`` (Linear, ReLU, ..., Linear); a test checks both give the same actions.
     """
 
     layers: list[tuple[np.ndarray, np.ndarray]]  # (weight transposed, bias) of each Linear
@@ -182,8 +183,9 @@ class SimpleBCActor:
             async for event in actor_session.all_events():
                 if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                     observation = array_from_tensor(event.observation.observation.value)
-                    action = actions.create(value=policy.current.act(observation))
-                    action.model_iteration = policy.current.iteration
+                    current = policy.current
+                    action = actions.create(value=current.act(observation))
+                    action.model_iteration = current.iteration
                     actor_session.do_action(action)
         finally:
             if updates is not None:
