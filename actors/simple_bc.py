@@ -313,13 +313,14 @@ class SimpleBCTraining:
 
         optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
         generator = torch.Generator().manual_seed(cfg.seed)
-        publications, loss_value, losses_since_publication = 0, float("nan"), []
+        publications, loss_value, losses_since_publication, trials_played = 0, float("nan"), [], 0
         trials = [
             (f"{run_session.run_id}-trial-{index}", self.trial_parameters(run_session, index))
             for index in range(first_trial, first_trial + cfg.num_trials)
         ]
         async for step, _trial_id, _index, sample in run_session.start_and_await_trials(trials, self.sample_producer):
             if isinstance(sample, TrialSummary):
+                trials_played += 1
                 teacher_seconds += sample.teacher_seconds
                 intervention_rate = sample.demonstrations / max(sample.steps, 1)
                 run_session.log_metrics(
@@ -371,7 +372,14 @@ class SimpleBCTraining:
 
         success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
         run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
-        final_figures = {"training_steps": model.training_steps, "samples": len(actions), "eval_success_rate": success_rate}
+        # The run's totals, resumed trials included: the page's end-of-run summary shows them.
+        final_figures = {
+            "training_steps": model.training_steps,
+            "samples": len(actions),
+            "trials": first_trial + trials_played,
+            "demonstrations": sum(demonstrations),
+            "eval_success_rate": success_rate,
+        }
         if losses_since_publication:
             final_figures["loss"] = sum(losses_since_publication) / len(losses_since_publication)
         await model.store(registry, **final_figures, **{RUN_FINISHED: "true"})

@@ -6,6 +6,7 @@ scripted teacher plays the teacher's part, metrics go to MLflow (a real server o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from apprentice.launcher import PROJECT_ROOT, start_python
-from conftest import free_port
+from conftest import free_port, start_services_process
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,6 +129,29 @@ def test_resume_after_the_run_process_is_killed_keeps_every_stored_sample(tmp_pa
     assert int(resumed[1]) >= 1
     (resumed_trial,) = trial_lines(output)
     assert resumed_trial[0] >= 3, "the resumed run goes on after the trials already stored"
+
+    # The run's last iteration carries its totals, the trials before the crash included (the web
+    # page's end-of-run summary shows them).
+    totals = asyncio.run(final_iteration_figures(tmp_path / "data", "killed-run"))
+    assert totals["run_finished"] == "true"
+    assert int(totals["trials"]) == resumed_trial[0]
+    assert int(totals["samples"]) == int(resumed[2]) + resumed_trial[1]
+    assert 0 <= int(totals["demonstrations"]) <= int(totals["samples"])
+
+
+async def final_iteration_figures(data_dir: Path, model_id: str) -> dict[str, str]:
+    """The user data of the model's latest iteration, read from the services' data dir after main."""
+    import cogment
+
+    from apprentice import cog_settings
+
+    services = start_services_process(data_dir, data_dir.parent / "services-after-main.log")
+    try:
+        context = cogment.Context(user_id="test", cog_settings=cog_settings)
+        registry = await context.get_model_registry_v2(cogment.Endpoint(f"grpc://127.0.0.1:{services.port}"))
+        return dict((await registry.get_iteration_info(model_id, -1)).properties)
+    finally:
+        services.stop()
 
 
 def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):

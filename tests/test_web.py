@@ -468,11 +468,16 @@ async def test_the_page_shows_the_agents_model_the_return_the_loss_trend_and_the
     # The run's last iteration: the page says the run is over and sums it up.
     context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
     registry = await context.get_model_registry_v2(cogment.Endpoint(stack.services.endpoint))
+    # Without the run's totals, the summary counts the trials the page has in its history.
     await model.store(registry, loss=0.5, eval_success_rate=0.5, run_finished="true")
     await page.wait_for_function("document.getElementById('overlay-title').textContent === 'Run finished'")
     detail = await page.text_content("#overlay-detail")
     assert "succeeds in 50% of the evaluation episodes" in detail and f"iteration {model.iteration}" in detail, detail
+    assert re.search(r"\d+ trials? on this page, \d+ steps", detail), detail
     assert await page.is_visible("#run-summary")
+    # With them (simple_bc stores them), the summary is the whole run's, trials this page missed included.
+    await model.store(registry, loss=0.5, eval_success_rate=0.5, trials=3, samples=600, demonstrations=150, run_finished="true")
+    await page.wait_for_function("document.getElementById('overlay-detail').textContent.includes('3 trials, 600 steps; the teacher took over 150 (25%)')")
     await model.store(registry)  # a later iteration: the run goes on for the tests that follow
     await page.wait_for_selector("#run-summary", state="hidden")
     await page.context.close()

@@ -2,7 +2,8 @@
 
 Every iteration the run publishes carries its training figures in its user data (``loss``,
 ``training_steps``, ``samples``; see ``apprentice.model``), and the run's last iteration carries
-``run_finished`` and the evaluation of the agent alone. Reading them from the registry, like any
+``run_finished``, the evaluation of the agent alone and the run's totals (``trials``,
+``demonstrations``). Reading them from the registry, like any
 Cogment client, keeps the page independent of where the run happens.
 
 The model exists only once the run has published it, and the registry may restart: the follower
@@ -35,6 +36,8 @@ class IterationFigures:
     loss: float | None
     samples: int | None
     eval_success_rate: float | None
+    trials: int | None
+    demonstrations: int | None
     run_finished: bool
 
     @classmethod
@@ -46,6 +49,8 @@ class IterationFigures:
             loss=_number(user_data, "loss", float),
             samples=_number(user_data, "samples", int),
             eval_success_rate=_number(user_data, "eval_success_rate", float),
+            trials=_number(user_data, "trials", int),
+            demonstrations=_number(user_data, "demonstrations", int),
             run_finished=user_data.get(RUN_FINISHED) == "true",
         )
 
@@ -61,6 +66,7 @@ def _number(user_data: Any, key: str, kind: type) -> Any:
 def training_view(iterations: list[IterationFigures]) -> dict[str, Any]:
     """What the page shows: the latest iteration, the loss trend, and the run's end when it came."""
     latest = iterations[-1]
+    finished = latest.run_finished
     with_loss = [figures for figures in iterations if figures.loss is not None][-MAX_TREND_POINTS:]
     return {
         "iteration": latest.iteration,
@@ -68,8 +74,10 @@ def training_view(iterations: list[IterationFigures]) -> dict[str, Any]:
         "samples": latest.samples,
         "loss": with_loss[-1].loss if with_loss else None,
         "loss_trend": [[figures.iteration, round(figures.loss, 5)] for figures in with_loss],
-        "run_finished": latest.run_finished,
-        "eval_success_rate": latest.eval_success_rate if latest.run_finished else None,
+        "run_finished": finished,
+        "eval_success_rate": latest.eval_success_rate if finished else None,
+        "trials": latest.trials if finished else None,
+        "demonstrations": latest.demonstrations if finished else None,
     }
 
 

@@ -242,11 +242,19 @@ function setTraining(training) {
   render();
 }
 
+// The run's own totals when its last iteration carries them; otherwise what this page saw.
 function runSummary() {
   const t = state.training;
-  const steps = state.history.reduce((sum, trial) => sum + trial.steps, 0);
-  const teacherSteps = state.history.reduce((sum, trial) => sum + trial.teacher_steps, 0);
-  const parts = [`${state.history.length} trials on this page, ${steps} steps; you took over ${teacherSteps} (${steps ? Math.round((100 * teacherSteps) / steps) : 0}%).`];
+  const percent = (part, whole) => (whole ? Math.round((100 * part) / whole) : 0);
+  const trials = (count) => `${count} trial${count === 1 ? "" : "s"}`;
+  const parts = [];
+  if (t.trials !== null && t.samples !== null && t.demonstrations !== null) {
+    parts.push(`${trials(t.trials)}, ${t.samples} steps; the teacher took over ${t.demonstrations} (${percent(t.demonstrations, t.samples)}%).`);
+  } else {
+    const steps = state.history.reduce((sum, trial) => sum + trial.steps, 0);
+    const teacherSteps = state.history.reduce((sum, trial) => sum + trial.teacher_steps, 0);
+    parts.push(`${trials(state.history.length)} on this page, ${steps} steps; you took over ${teacherSteps} (${percent(teacherSteps, steps)}%).`);
+  }
   if (t.eval_success_rate !== null) parts.push(`Playing alone, the agent succeeds in ${Math.round(100 * t.eval_success_rate)}% of the evaluation episodes.`);
   parts.push(`Final model: iteration ${t.iteration}${t.loss !== null ? `, loss ${t.loss.toFixed(4)}` : ""}.`);
   return parts.join(" ");
