@@ -3,8 +3,8 @@
 Every iteration the run publishes carries its training figures in its user data (``loss``,
 ``training_steps``, ``samples``; see ``apprentice.model``), and the run's last iteration carries
 ``run_finished``, the evaluation of the agent alone and the run's totals (``trials``,
-``demonstrations``). Reading them from the registry, like any
-Cogment client, keeps the page independent of where the run happens.
+``demonstrations``). Reading them from the registry, like any Cogment client, keeps the page
+independent of where the run happens.
 
 The model exists only once the run has published it, and the registry may restart: the follower
 waits and retries.
