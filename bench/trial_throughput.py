@@ -15,8 +15,9 @@ Measured in one run, on this machine:
    ``python -m apprentice.components`` (``GymEnvironment``, ``SimpleBCActor`` playing an untrained
    ``SimpleBCModel`` published in the registry, ``ScriptedTeacher``) run as subprocesses; this
    process is the controller. No rendering. Then one trial at a time again with do-nothing
-   components (``bench/null_components.py``): the same messages, no application work, so the
-   runtime's own ceiling (the SDK and Apprentice's services).
+   components (``bench/null_components.py``): the same messages, no application work, trials as
+   long as the real ones were on average, so the runtime's own ceiling (the SDK and Apprentice's
+   services).
 
 Targets (the project's): one trial >= (echo round trips/s / 3) / 3 ticks/s, i.e. a tick may cost
 about three round trips (action set -> env observations, observations -> actor actions, plus the
@@ -503,11 +504,12 @@ async def measure_cogment(
         with profiling(f"{args.parallel}-parallel"):
             many = await run_trials(controller, ends, make_params, processes, args.duration, workers=args.parallel)
 
-        null_processes = {"services": services.process.pid, "null components": null_components.process.pid}
-        null_processes["controller"] = psutil.Process().pid
+        # As long as the real trials were on average, so that both pay the same start and end per tick.
+        null_ticks = max(1, round(one.ticks / max(one.trials, 1)))
+        null_processes = {"services": services.process.pid, "null components": null_components.process.pid, "controller": psutil.Process().pid}
 
         def make_null_params(_seed: int) -> cogment.TrialParameters:
-            return null_trial_parameters(services, null_components, args.ticks)
+            return null_trial_parameters(services, null_components, null_ticks)
 
         await run_trials(controller, ends, make_null_params, null_processes, seconds=0, workers=1)
         null = await run_trials(controller, ends, make_null_params, null_processes, args.duration, workers=1)
