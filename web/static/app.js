@@ -248,7 +248,7 @@ function runSummary() {
   const percent = (part, whole) => (whole ? Math.round((100 * part) / whole) : 0);
   const trials = (count) => `${count} trial${count === 1 ? "" : "s"}`;
   const parts = [];
-  if (t.trials !== null && t.samples !== null && t.demonstrations !== null) {
+  if (t.trials != null && t.samples != null && t.demonstrations != null) { // != null: absent too
     parts.push(`${trials(t.trials)}, ${t.samples} steps; the teacher took over ${t.demonstrations} (${percent(t.demonstrations, t.samples)}%).`);
   } else {
     const steps = state.history.reduce((sum, trial) => sum + trial.steps, 0);
