@@ -225,8 +225,8 @@ class SimpleBCTraining:
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.environment_specs = environment_specs(cfg.env_id)
-        if "eval_success" in cfg:
-            SuccessRule.parse(cfg.eval_success)  # a typo must stop the run before anyone teaches, not after
+        # Parsed here: a typo must stop the run before anyone teaches, not at the first evaluation.
+        self.success_rule = SuccessRule.parse(cfg.get("eval_success", "terminated"))
 
     # The teacher's slot: a scripted teacher served by the components, or a person through the
     # web page ("client"). A person may close the tab: the slot is optional and defaults to NO-OP.
@@ -367,10 +367,10 @@ class SimpleBCTraining:
                 publications += 1
                 run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
                 if publications % cfg.evaluate_every == 0:
-                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
+                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, self.success_rule)
                     run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
 
-        success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, cfg.eval_success)
+        success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, self.success_rule)
         run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
         # The run's totals, resumed trials included: the page's end-of-run summary shows them.
         final_figures = {
@@ -417,9 +417,8 @@ class SuccessRule:
         return episode_return >= self.threshold
 
 
-def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, success: str = "terminated") -> float:
+def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, rule: SuccessRule) -> float:
     """Share of successful episodes of the agent alone, on held-out seeds."""
-    rule = SuccessRule.parse(success)
     policy = model.greedy_policy()
     env = gymnasium.make(env_id)
     successes = 0

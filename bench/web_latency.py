@@ -101,7 +101,7 @@ class TakeoverTimer:
 
 # --- In the benchmark process ------------------------------------------------------------------------
 
-# Counts the frames the page receives and those it draws on its canvas, and notes when each Right
+# Counts the frames the page receives and those it draws on its canvas, and notes when each Down
 # arrow keydown happened (system clock, ms): the page's own code runs unchanged.
 INSTRUMENTATION = """
 window.__received = 0;

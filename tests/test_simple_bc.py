@@ -148,7 +148,7 @@ async def final_iteration_figures(data_dir: Path, model_id: str) -> dict[str, st
     services = start_services_process(data_dir, data_dir.parent / "services-after-main.log")
     try:
         context = cogment.Context(user_id="test", cog_settings=cog_settings)
-        registry = await context.get_model_registry_v2(cogment.Endpoint(f"grpc://127.0.0.1:{services.port}"))
+        registry = await context.get_model_registry_v2(cogment.Endpoint(services.endpoint))
         return dict((await registry.get_iteration_info(model_id, -1)).properties)
     finally:
         services.stop()

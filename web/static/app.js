@@ -288,7 +288,7 @@ function drawLossTrend(points) {
 
 function setLink(link) {
   setText($("ws-state"), link);
-  $("ws-dot").className = `dot ${link === "connected" ? "ok" : link === "reconnecting" ? "bad" : ""}`;
+  setClass($("ws-dot"), `dot ${link === "connected" ? "ok" : link === "reconnecting" ? "bad" : ""}`);
 }
 
 function setRole(role) {
