@@ -171,7 +171,9 @@ def test_a_crashed_actor_service_ends_its_trial_and_the_run_goes_on(tmp_path):
     assert process.returncode == 0, output[-4000:]
     assert "components exited" in output and "starting it again" in output, output[-4000:]
     trials = trial_lines(output)
-    assert trials[-1][0] == 6 and trials[-1][1] > 0, "the last trial ran on the restarted services"
+    assert [trial[0] for trial in trials] == [1, 2, 3, 4, 5, 6], output[-4000:]
+    failed = [trial for trial in trials if trial[1] == 0]
+    assert len(failed) <= 1, f"only the trial the crash hit may fail; the others ran on the restarted components: {trials}"
     assert RESULT_LINE.search(output)
 
 

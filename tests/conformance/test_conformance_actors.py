@@ -536,6 +536,28 @@ async def test_actor_process_killed_mid_trial(sdk, components, services_log):
         f"trial and the actor\nenv END details: {details}\nservices log tail:\n{log[-2000:]}")
 
 
+async def test_components_started_again_serve_the_next_trial_at_once(sdk, components):
+    """Components that crashed and came back on their port serve the next trial at once.
+
+    While they were down, a trial failed and gRPC began backing off its reconnections; a trial
+    started once they are back must not fail on that stale backoff (the main job restarts crashed
+    components and goes on with its trials).
+    """
+    comp = await components()
+    params = trial_params(comp.endpoint, [actor("p1", "player", comp.endpoint)], env_config={"end_after": 3})
+    await sdk.wait_state(await sdk.start_trial(params, "before-crash"), "ENDED", 15, lambda: comp.records)
+    comp.kill()
+    await sdk.wait_state(await sdk.start_trial(params, "while-down"), "ENDED", 15, lambda: comp.records)
+    await asyncio.sleep(3)  # long enough for a second failed reconnection and a longer backoff
+    comp.start()
+    await comp.wait_ready()
+    trial_id = await sdk.start_trial(params, "after-restart")
+    await sdk.wait_state(trial_id, "ENDED", 15, lambda: comp.records)
+    records = await comp.wait_for(loops_ended(trial_id, ("p1",)), 5, "the trial's loops to end", trial_id)
+    assert_consecutive([entry["actions"][0]["tick"] for entry in action_set_events(records, trial_id)], 0, 2,
+                       "env action sets of the trial after the restart")
+
+
 # ----------------------------------------------------------------------------------------- unreachable env
 
 

@@ -65,14 +65,27 @@ ACTOR_LAST_ACK_TIMEOUT = 30.0
 
 
 class GrpcChannels:
-    """One channel per target, shared by every trial, so trials reuse open connections."""
+    """One channel per target, shared by every trial, so trials reuse open connections.
+
+    A channel whose target went away (a crashed component) is replaced by a fresh one: the old
+    one waits out gRPC's growing reconnect backoff, and every call made meanwhile fails at once,
+    even after the component is back on its port.
+    """
 
     def __init__(self, options: list[tuple[str, int]]) -> None:
-        self._options = options
+        # Each channel keeps its own connection: from gRPC's process-wide pool, a fresh channel
+        # would inherit the old one's backoff.
+        self._options = [*options, ("grpc.use_local_subchannel_pool", 1)]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task] = set()
 
     def get(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
+        if channel is not None and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            closing = asyncio.create_task(channel.close())  # no call lives on it: it has no connection
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            channel = None
         if channel is None:
             channel = grpc.aio.insecure_channel(target, options=self._options)
             self._channels[target] = channel
@@ -82,6 +95,7 @@ class GrpcChannels:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        await asyncio.gather(*self._closing)
 
 
 class Trial:
