@@ -150,8 +150,10 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
             if player_action is not None:
                 observation.last_player_action.CopyFrom(player_action)
             observation.last_step_demonstration = step.demonstration
+            observation.last_step_reward = float(reward)
             observations = [("*", observation)]
-            environment_session.add_reward(value=float(reward), confidence=1.0, to=["*"])
+            # Only the player learns from rewards: one message per tick instead of one per actor.
+            environment_session.add_reward(value=float(reward), confidence=1.0, to=[f"{PLAYER_ACTOR_CLASS}.*"])
             if terminated or truncated or event.type == cogment.EventType.ENDING:
                 environment_session.end(observations)
                 ended = True

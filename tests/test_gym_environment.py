@@ -190,7 +190,8 @@ def observation_of(sample: DatastoreSample, actor_name: str) -> np.ndarray:
 
 
 def check_last_step_fields(samples: list[DatastoreSample], teacher: str | None, action_space: gymnasium.Space) -> None:
-    """Each observation's ``last_player_action`` / ``last_step_demonstration`` match the previous sample.
+    """Each observation's ``last_player_action``, ``last_step_demonstration`` and ``last_step_reward``
+    match the previous sample.
 
     A step is a demonstration when the teacher sent a valid action (not a NO-OP, not garbage).
     """
@@ -199,6 +200,7 @@ def check_last_step_fields(samples: list[DatastoreSample], teacher: str | None, 
     for previous, sample in zip(samples, samples[1:]):
         observation = sample.actors_data[PLAYER].observation
         assert observation.last_player_action == previous.actors_data[PLAYER].action
+        assert observation.last_step_reward == pytest.approx(previous.actors_data[PLAYER].reward)
         demonstration = False
         if teacher is not None:
             with contextlib.suppress(InvalidAction):  # garbage counts as NO-OP
@@ -242,6 +244,7 @@ async def test_teacher_takes_over_and_approves(stack):
         observation, reward, terminated, truncated, _ = env.step(performed)
         last_player_action = player
         assert sample.actors_data[PLAYER].reward == reward
+        assert not list(sample.actors_data[TEACHER].all_received_rewards())  # only the player is rewarded
         assert (terminated, truncated) == (False, step == 99)
     np.testing.assert_array_equal(observation_of(samples[-1], PLAYER), observation)
     assert is_noop(samples[-1].actors_data[PLAYER].action)  # the final observation is not acted on

@@ -213,13 +213,15 @@ class Hub:
         step: int,
         last_step_demonstration: bool | None,
         frame: bytes | None,
+        reward: float = 0.0,
         model_iteration: int | None = None,
     ) -> None:
-        """A new observation of ``trial_id``: count it and show it in every tab."""
+        """A new observation of ``trial_id`` and the reward of the step that led to it: show it in every tab."""
         trial = self.trial
         if trial is None or trial.trial_id != trial_id:
             return  # a trial running alongside the one on screen: played, not shown
         trial.step = step
+        trial.total_return += reward
         if model_iteration is not None:
             trial.model_iteration = model_iteration
         if last_step_demonstration is not None:
@@ -227,11 +229,6 @@ class Hub:
             trial.teacher_steps += last_step_demonstration
         self._step_times.append(time.monotonic())
         self.broadcast_status(frame)
-
-    def add_reward(self, trial_id: str, reward: float) -> None:
-        """Shown with the next observation (a reward arrives just before it)."""
-        if self.trial is not None and self.trial.trial_id == trial_id:
-            self.trial.total_return += reward
 
     def is_running(self) -> bool:
         return self._resumed.is_set()

@@ -88,8 +88,6 @@ class WebTeacher:
         actor_session.start()
         try:
             async for event in actor_session.all_events():
-                if event.rewards:  # the environment rewards the teacher too: the score a person sees
-                    self.hub.add_reward(trial_id, sum(reward.value for reward in event.rewards))
                 if event.observation is None:
                     continue
                 observation: Observation = event.observation.observation
@@ -100,6 +98,7 @@ class WebTeacher:
                     event.observation.tick_id,
                     observation.last_step_demonstration if known else None,
                     observation.rendered_frame or None,
+                    reward=observation.last_step_reward,
                     model_iteration=last_action.model_iteration if last_action.HasField("model_iteration") else None,
                 )
                 if event.type != cogment.EventType.ACTIVE:
