@@ -1,7 +1,7 @@
 """Do-nothing components for ``bench/trial_throughput.py``: the cost of the runtime alone.
 
 They exchange the same messages per tick as the MountainCar trial (the environment sends one reward
-to ``*`` and one observation set, each actor answers with one action) but compute nothing: no
+to the player and one observation set, each actor answers with one action) but compute nothing: no
 gymnasium, no torch, empty messages. A trial of them measures what the official SDK and
 Apprentice's services cost per tick, which no application code can go below.
 """
@@ -23,7 +23,7 @@ class NullEnvironment:
         async for event in environment_session.all_events():
             if not event.actions:
                 continue
-            environment_session.add_reward(value=0.0, confidence=1.0, to=["*"])
+            environment_session.add_reward(value=0.0, confidence=1.0, to=[f"{PLAYER_ACTOR_CLASS}.*"])
             if event.type == cogment.EventType.ENDING:
                 environment_session.end([("*", Observation())])
             else:
