@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import statistics
 from dataclasses import dataclass
 
 import cogment
@@ -361,7 +362,7 @@ class SimpleBCTraining:
 
             if model.training_steps % cfg.publish_every == 0:
                 # The iteration carries its training figures: the web page draws the loss trend from them.
-                mean_loss = sum(losses_since_publication) / len(losses_since_publication)
+                mean_loss = statistics.fmean(losses_since_publication)
                 losses_since_publication.clear()
                 await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(actions))
                 publications += 1
@@ -381,7 +382,7 @@ class SimpleBCTraining:
             "eval_success_rate": success_rate,
         }
         if losses_since_publication:
-            final_figures["loss"] = sum(losses_since_publication) / len(losses_since_publication)
+            final_figures["loss"] = statistics.fmean(losses_since_publication)
         await model.store(registry, **final_figures, **{RUN_FINISHED: "true"})
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
 
