@@ -6,15 +6,16 @@ MountainCar in one trial and a MuJoCo task in the next.
 
 Actors, by class (see ``apprentice.cog_settings``):
 
-* exactly one ``player``: its action is performed unless the teacher takes over;
+* exactly one ``player``: its action is performed unless the teacher takes over; it alone
+  receives the reward, as a Cogment reward (it is the one that learns);
 * at most one ``teacher``: a value takes over for this tick, a NO-OP (or an action outside the
   action space, or no action at all) leaves the player in control.
 
-Every actor receives the same ``Observation`` and the reward: the teacher watches the score like a
-person watching the game. The reward goes out once, addressed to ``*`` (every actor), rather than
-once per actor: one message less per tick on the trial's critical path. The trial ends when
-gymnasium says terminated or truncated, or when the orchestrator asks (``max_steps``, terminate
-request).
+Every actor receives the same ``Observation``, which also says what the last step did (the
+player's action, a takeover, the reward): the teacher's page shows the score from it, so the
+teacher needs no reward message, one message less per tick on the trial's critical path. The
+trial ends when gymnasium says terminated or truncated, or when the orchestrator asks
+(``max_steps``, terminate request).
 """
 
 from __future__ import annotations
@@ -152,7 +153,6 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
             observation.last_step_demonstration = step.demonstration
             observation.last_step_reward = float(reward)
             observations = [("*", observation)]
-            # Only the player learns from rewards: one message per tick instead of one per actor.
             environment_session.add_reward(value=float(reward), confidence=1.0, to=[f"{PLAYER_ACTOR_CLASS}.*"])
             if terminated or truncated or event.type == cogment.EventType.ENDING:
                 environment_session.end(observations)
