@@ -28,6 +28,7 @@ run: $(BIN)/.installed protos
 	apt-get update -qq && apt-get install -y -qq chromium
 
 test: $(BIN)/.installed protos /usr/bin/chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

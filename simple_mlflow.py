@@ -134,7 +134,7 @@ def start_server(command: list[str], niceness: int) -> subprocess.Popen:
         stdout=sys.stderr.fileno(),  # our stdout carries only the ready line
         env=env,
         start_new_session=True,
-        preexec_fn=in_child,  # noqa: PLW1509 - simple_mlflow has no threads
+        preexec_fn=in_child,
     )
 
 

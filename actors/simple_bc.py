@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import statistics
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class SimpleBCModel(Model):
         self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
         sizes = [int(np.prod(self.observation_space.shape)), *self.hidden_sizes]
         layers: list[nn.Module] = []
-        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+        for size_in, size_out in itertools.pairwise(sizes):
             layers += [nn.Linear(size_in, size_out), nn.ReLU()]
         output_size = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
         layers.append(nn.Linear(sizes[-1], output_size))
@@ -319,7 +320,7 @@ class SimpleBCTraining:
             (f"{run_session.run_id}-trial-{index}", self.trial_parameters(run_session, index))
             for index in range(first_trial, first_trial + cfg.num_trials)
         ]
-        async for step, _trial_id, _index, sample in run_session.start_and_await_trials(trials, self.sample_producer):
+        async for _step, _trial_id, _index, sample in run_session.start_and_await_trials(trials, self.sample_producer):
             if isinstance(sample, TrialSummary):
                 trials_played += 1
                 teacher_seconds += sample.teacher_seconds

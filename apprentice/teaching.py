@@ -24,7 +24,7 @@ from apprentice.spaces import GymAction, InvalidAction, gym_action, is_noop
 log = logging.getLogger(__name__)
 
 
-class TeacherMode(str, enum.Enum):
+class TeacherMode(enum.StrEnum):
     OVERRIDE = "override"
     LABEL = "label"
 

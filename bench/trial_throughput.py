@@ -227,7 +227,7 @@ class TrialEnds:
         while time.monotonic() < deadline:
             try:
                 return await asyncio.wait_for(asyncio.shield(future), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 infos = await self.controller.get_trial_info([trial_id])
                 if infos and infos[0].state == cogment.TrialState.ENDED:
                     return infos[0].tick_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def check_last_step_fields(samples: list[DatastoreSample], teacher: str | None, 
     """
     first = samples[0].actors_data[PLAYER].observation
     assert not first.HasField("last_player_action") and not first.last_step_demonstration
-    for previous, sample in zip(samples, samples[1:]):
+    for previous, sample in itertools.pairwise(samples):
         observation = sample.actors_data[PLAYER].observation
         assert observation.last_player_action == previous.actors_data[PLAYER].action
         assert observation.last_step_reward == pytest.approx(previous.actors_data[PLAYER].reward)

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port, start_services_process
 
 from apprentice.launcher import PROJECT_ROOT, start_python
-from conftest import free_port, start_services_process
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -72,11 +72,11 @@ def parse_key_maps(text: str) -> dict[str, KeyMap]:
     except json.JSONDecodeError as error:
         raise ValueError(f"--key-map is not JSON: {error}") from None
     if not isinstance(raw, dict):
-        raise ValueError('--key-map must be a JSON object: {"ENV_ID": {"KEY": [ACTION, "label"]}}')  # noqa: TRY004 - a config error
+        raise ValueError('--key-map must be a JSON object: {"ENV_ID": {"KEY": [ACTION, "label"]}}')
     key_maps: dict[str, KeyMap] = {}
     for env_id, controls in raw.items():
         if not isinstance(controls, dict):
-            raise ValueError(f"--key-map {env_id}: expected an object of KEY: [ACTION, label]")  # noqa: TRY004
+            raise ValueError(f"--key-map {env_id}: expected an object of KEY: [ACTION, label]")
         parsed = []
         for key, value in controls.items():
             if isinstance(value, list) and 1 <= len(value) <= 2:

@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 import grpc
 from cogment.api import common_pb2
 
-
 SERVICE_NAME = "apprentice"
 SERVICE_VERSION = "0.1.0"
 

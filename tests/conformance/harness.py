@@ -26,10 +26,10 @@ from typing import Any
 import cogment
 import grpc
 from cogment.api import orchestrator_pb2_grpc
+from conftest import free_port
 from google.protobuf import wrappers_pb2
 
 from conformance import cog_settings
-from conftest import free_port  # noqa: F401 - re-exported for the tests
 from conformance.scripted import ListRecorder, make_actor_impl
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ async def wait_port(port: int, timeout: float, process: subprocess.Popen | None 
             raise RuntimeError(f"process exited with code {process.returncode} before listening on {port}")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing accepts connections on {host}:{port} after {timeout} s") from None
             await asyncio.sleep(0.05)
@@ -308,7 +308,7 @@ class TrialWatcher:
         self.finished = False
         self._task: asyncio.Task | None = None
 
-    def start(self) -> "TrialWatcher":
+    def start(self) -> TrialWatcher:
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -338,7 +338,7 @@ class TrialWatcher:
             self._task.cancel()
             try:
                 await asyncio.wait_for(self._task, 5)
-            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):  # noqa: BLE001
+            except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
 
 
@@ -435,7 +435,7 @@ class Sdk:
         for task in self._tasks:
             try:
                 await asyncio.wait_for(task, 5)
-            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):  # noqa: BLE001
+            except (TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         for watcher in [self.watcher, *self._extra_watchers]:
             await watcher.close()

@@ -63,9 +63,7 @@ def _selected(spec: dict[str, Any], tick: int) -> bool:
     if ticks is not None and tick not in ticks:
         return False
     every = spec.get("every")
-    if every and tick % every != 0:
-        return False
-    return True
+    return not (every and tick % every != 0)
 
 
 def _payload_text(payload) -> str | None:

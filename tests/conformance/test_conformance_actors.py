@@ -120,7 +120,7 @@ async def expect_join_refused(sdk, trial_id: str, **slot) -> grpc.aio.AioRpcErro
             sdk.context.join_trial(trial_id, cogment.Endpoint(sdk.endpoint), **slot), 5)
     except grpc.aio.AioRpcError as error:
         return error
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"join_trial({trial_id!r}, {slot}) neither refused nor answered within 5 s") from None
     raise AssertionError(f"join_trial({trial_id!r}, {slot}) was not refused (returned {result!r})")
 
@@ -269,7 +269,7 @@ async def test_200_ticks_with_rewards_and_messages_both_ways(sdk, components):
     print(f"200 ticks in {time.monotonic() - started:.2f} s")
     records = await comp.wait_for(loops_ended(trial_id), 10, "loops to end", trial_id)
 
-    for index, name in enumerate(["p1", "p2"]):
+    for name in ["p1", "p2"]:
         stream = actor_stream(records, trial_id, name)
         observations = [entry for entry in stream if "obs" in entry]
         assert_consecutive([entry["obs"]["tick"] for entry in observations], 0, ticks, f"{name} observations")

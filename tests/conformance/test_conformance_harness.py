@@ -15,7 +15,7 @@ import pytest
 from cogment.api import agent_pb2_grpc, common_pb2, datalog_pb2_grpc, environment_pb2, environment_pb2_grpc
 from google.protobuf import wrappers_pb2
 
-from conformance.harness import address_of, loop_end, observation_events, action_set_events
+from conformance.harness import action_set_events, address_of, loop_end, observation_events
 
 NORMAL = common_pb2.CommunicationState.NORMAL
 LAST = common_pb2.CommunicationState.LAST

@@ -10,10 +10,10 @@ import time
 
 import cogment
 import pytest
+from conftest import start_services_process
 
 from apprentice.launcher import PROJECT_ROOT
 from conformance.harness import actor, trial_params
-from conftest import start_services_process
 
 pytestmark = pytest.mark.timeout(60)
 

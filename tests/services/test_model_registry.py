@@ -17,12 +17,13 @@ import cogment
 import grpc
 import psutil
 import pytest
-from cogment.api import common_pb2, model_registry_pb2 as pb, model_registry_pb2_grpc
+from cogment.api import common_pb2, model_registry_pb2_grpc
+from cogment.api import model_registry_pb2 as pb
+from conftest import ServicesProcess, start_services_process
 
 from apprentice.services.common import server_options
 from apprentice.services.model_registry import ModelRegistry
 from apprentice.services.model_registry.data import rechunk
-from conftest import ServicesProcess, start_services_process
 
 MiB = 1024 * 1024
 SDK_MAX_MESSAGE = 4 * MiB
@@ -137,7 +138,7 @@ async def test_list_iterations_and_models_page(registry, stub) -> None:
     names = [f"model-{i:02d}" for i in range(12)]
     for name in reversed(names):
         await registry.publish_model(name, b"x")
-    assert [model.name for model in await registry.list_models()] == names + ["paged"]
+    assert [model.name for model in await registry.list_models()] == [*names, "paged"]
     page = await stub.RetrieveModels(pb.RetrieveModelsRequest(models_count=5, model_handle="10"))
     assert [info.model_id for info in page.model_infos] == ["model-10", "model-11", "paged"]
     assert page.next_model_handle == "13"

@@ -48,7 +48,7 @@ class FileData:
         try:
             file = await asyncio.to_thread(open, self.path, "rb")
         except FileNotFoundError:
-            raise UnknownVersion(f"This version was deleted (with its model) just before it was read: {self.path}")
+            raise UnknownVersion(f"This version was deleted (with its model) just before it was read: {self.path}") from None
         try:
             sent = 0
             while piece := await asyncio.to_thread(file.read, chunk_size):

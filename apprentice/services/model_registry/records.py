@@ -7,9 +7,10 @@ and to the JSON metadata files lives here too, so both formats stay in one place
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from cogment.api import model_registry_pb2
 

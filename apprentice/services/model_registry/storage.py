@@ -114,7 +114,7 @@ class VersionStore:
             if self.archive is not None:
                 trash = await asyncio.to_thread(self.archive.remove_model, model_id)
             del self._models[model_id]
-            for owner, number in self._transient.keys():
+            for owner, number in self._transient:
                 if owner == model_id:
                     self._transient.pop((owner, number))
             model.announce()
@@ -180,7 +180,7 @@ class VersionStore:
         """Existing versions numbered ``start`` or more, ascending, at most ``limit`` (0: all)."""
         model = self._model(model_id)
         archived = model.archived_numbers[bisect.bisect_left(model.archived_numbers, start) :]
-        transient = sorted(number for owner, number in self._transient.keys() if owner == model_id and number >= start)
+        transient = sorted(number for owner, number in self._transient if owner == model_id and number >= start)
         numbers = heapq.merge(archived, transient)
         if limit > 0:
             numbers = itertools.islice(numbers, limit)
@@ -238,7 +238,7 @@ class VersionStore:
         latest = model.archived.get(model.latest) or self._transient.peek((model_id, model.latest))
         if latest is not None:
             return latest.record
-        candidates = [number for owner, number in self._transient.keys() if owner == model_id]
+        candidates = [number for owner, number in self._transient if owner == model_id]
         candidates += model.archived_numbers[-1:]
         return self._existing(model, max(candidates)).record if candidates else None
 

@@ -85,7 +85,7 @@ class Connection:
         self._outbox_ready.set()
         try:
             await asyncio.wait_for(self._wait_until_done(), timeout)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - whatever happened, the stream is over
+        except (TimeoutError, Exception):  # noqa: BLE001 - whatever happened, the stream is over
             pass
         self.abort()
 
@@ -103,10 +103,9 @@ class Connection:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         cancel = getattr(self.stream, "cancel", None)
-        if cancel is not None and isinstance(self.stream, grpc.aio.Call):
-            # Only cancel a call that is still open; a finished call keeps its OK status.
-            if not self.stream.done():
-                cancel()
+        # Only cancel a call that is still open; a finished call keeps its OK status.
+        if cancel is not None and isinstance(self.stream, grpc.aio.Call) and not self.stream.done():
+            cancel()
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -116,7 +115,7 @@ class Connection:
             message = await self.stream.read()
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             raise StreamClosed(f"{self.description}: {_describe(error)}") from error
         if message is grpc.aio.EOF:
             raise StreamClosed(f"{self.description} closed its stream")

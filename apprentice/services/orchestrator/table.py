@@ -33,6 +33,7 @@ class Orchestrator:
         self._watchers: set[asyncio.Queue[Trial]] = set()
         self._channels: GrpcChannels | None = None
         self._maintenance: asyncio.Task | None = None
+        self._terminations: set[asyncio.Task] = set()  # stale trials being ended (a reference keeps each alive)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         from apprentice.services.orchestrator.client_actors import ClientActorServicer
@@ -105,9 +106,11 @@ class Orchestrator:
                     if trial.ended_at_ns and time.time_ns() - trial.ended_at_ns > self.ended_trial_retention * 1e9:
                         del self.trials[trial.id]
                 elif trial.max_inactivity > 0 and now - trial.last_activity > trial.max_inactivity:
-                    asyncio.create_task(
+                    termination = asyncio.create_task(
                         trial.hard_terminate("The trial was inactive for too long", special_event="Stale trial")
                     )
+                    self._terminations.add(termination)
+                    termination.add_done_callback(self._terminations.discard)
 
     async def close(self) -> None:
         """End every running trial (hard), so components are released and datalogs flushed."""

@@ -202,7 +202,7 @@ class Trial:
                 )
         try:
             await asyncio.wait_for(self._initialize_environment(), self._environment_init_timeout)
-        except (StreamClosed, asyncio.TimeoutError, ProtocolError) as error:
+        except (TimeoutError, StreamClosed, ProtocolError) as error:
             reason = str(error) or f"no answer within {self._environment_init_timeout:g} s"
             await self.hard_terminate(f"Failed to initialize environment: {reason}")
             return
@@ -212,7 +212,7 @@ class Trial:
         timeout = actor.params.initial_connection_timeout or None  # 0 means wait forever
         try:
             await asyncio.wait_for(self._connect_actor(actor), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("Trial %s: actor %r did not connect within %g s", self.id, actor.name, timeout)
             return False
         except (StreamClosed, ProtocolError) as error:
@@ -563,13 +563,13 @@ class Trial:
         details = ""
         try:
             await asyncio.wait_for(self.environment.last_ack.wait(), ENVIRONMENT_LAST_ACK_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             details = "Environment failed to end properly"
 
         async def wait_for_actor(actor: ActorSlot) -> None:
             try:
                 await asyncio.wait_for(actor.last_ack.wait(), ACTOR_LAST_ACK_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("Trial %s: actor %r did not acknowledge the end of the trial", self.id, actor.name)
 
         await asyncio.gather(*(wait_for_actor(actor) for actor in engaged))
