@@ -50,6 +50,6 @@ class LruCache(Generic[K, V]):
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)
 
-    def keys(self) -> Iterator[K]:
+    def __iter__(self) -> Iterator[K]:
         """Keys from least to most recently used (a snapshot, safe to mutate the cache meanwhile)."""
         return iter(list(self._items))
