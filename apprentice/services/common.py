@@ -15,6 +15,31 @@ SERVICE_VERSION = "0.1.0"
 # service instead of a transport failure.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+# Paging handles (RetrieveTrials, RetrieveModels, RetrieveVersionInfos) are decimal counters that
+# this service wrote; 18 digits fit an int64 and are far more than any store holds.
+MAX_HANDLE_DIGITS = 18
+
+
+class InvalidPagingHandle(ValueError):
+    """A paging handle this service did not write; the message says what to send instead."""
+
+
+def parse_paging_handle(handle: str, field: str) -> int:
+    """The number in a paging handle; empty means "from the start".
+
+    Checked before ``int()``: Python refuses to convert strings over 4,300 digits, and accepts
+    digits that are not ASCII (``"²"`` passes ``isdigit`` but not ``int``).
+    """
+    if not handle:
+        return 0
+    if not (len(handle) <= MAX_HANDLE_DIGITS and handle.isascii() and handle.isdigit()):
+        shown = handle if len(handle) <= 40 else f"{handle[:20]}... ({len(handle)} characters)"
+        raise InvalidPagingHandle(
+            f"Invalid {field} {shown!r}: it must be at most {MAX_HANDLE_DIGITS} decimal digits; leave it empty "
+            f"for the first page, then pass the next_{field} of the previous reply"
+        )
+    return int(handle)
+
 
 def version_info() -> common_pb2.VersionInfo:
     """What the official services report: a list of (name, version) pairs."""

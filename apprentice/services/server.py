@@ -14,6 +14,7 @@ import grpc
 
 from apprentice.services.common import server_options
 from apprentice.services.datastore import TrialDatastore
+from apprentice.services.decoding import RejectUndecodableRequests
 from apprentice.services.model_registry import ModelRegistry
 from apprentice.services.orchestrator import Orchestrator
 
@@ -56,7 +57,7 @@ async def start_services(
     """
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
-    server = grpc.aio.server(options=list(server_options()))
+    server = grpc.aio.server(options=list(server_options()), interceptors=[RejectUndecodableRequests()])
     try:
         bound_port = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpc raises when the address cannot be bound

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -148,6 +149,25 @@ async def collect(samples: AsyncIterator, timeout: float = WAIT) -> list:
         return [sample async for sample in samples]
 
     return await within(asyncio.ensure_future(run()), timeout)
+
+
+def follow(samples: AsyncIterator) -> tuple[asyncio.Future, list]:
+    """Read ``samples`` in the background: the list fills as they arrive; the future ends with it."""
+    received: list = []
+
+    async def run() -> list:
+        async for sample in samples:
+            received.append(sample)
+        return received
+
+    return asyncio.ensure_future(run()), received
+
+
+async def wait_until(condition, what: str, timeout: float = WAIT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not {what} after {timeout} s"
+        await asyncio.sleep(0.02)
 
 
 def raw_datastore(endpoint: str) -> tuple[grpc.aio.Channel, trial_datastore_pb2_grpc.TrialDatastoreSPStub]:
@@ -331,12 +351,12 @@ async def test_live_read_of_several_trials_ends_when_a_datalog_stream_is_cut(ser
     await first.sample(make_sample(0))
     datastore = sdk_datastore(services.endpoint)
     infos = await datastore.get_trials(["cut", "fine"])
-    reader = asyncio.create_task(collect(datastore.all_samples(infos)))
-    await asyncio.sleep(0.2)
+    reader, received = follow(datastore.all_samples(infos))
+    await wait_until(lambda: len(received) == 1, "sample 0 of 'cut' read")
     await first.sample(make_sample(1))
     for tick in range(3):
         await second.sample(make_sample(tick, ENDED if tick == 2 else RUNNING))
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: len(received) == 5, "all 5 samples read")
     assert not reader.done()  # "cut" is still running
     first.call.cancel()  # the orchestrator died: no ENDED sample will ever come
     await first.channel.close()
@@ -369,7 +389,7 @@ async def test_all_trials_waits_for_new_trials_pages_filters_and_deletes(service
 
     async def create_later() -> None:
         for name, kind in (("t1", "other"), ("t2", "demo"), ("t3", "demo")):
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the scenario: trials come while the listing waits for them
             await log_trial(endpoint, name, ended_trial(2), make_params({"kind": kind}))
 
     creator = asyncio.create_task(create_later())
@@ -378,8 +398,9 @@ async def test_all_trials_waits_for_new_trials_pages_filters_and_deletes(service
     await creator
     # Pages [t0, t1] and [t2, t3] were answered as soon as trials created during the wait filled
     # them (~0.6 s); the third request waited its 2 s, came back empty and ended the listing.
+    # Three requests that each waited their 2 s would take 6 s.
     assert [info.trial_id for info in listed] == ["t0", "t1", "t2", "t3"]
-    assert 2.5 <= time.monotonic() - started < 3.8
+    assert 2.5 <= time.monotonic() - started < 5.5
 
     demos = await datastore.get_trials(properties={"kind": "demo"})
     assert [info.trial_id for info in demos] == ["t0", "t2", "t3"]
@@ -416,11 +437,11 @@ async def test_retrieve_trials_handles_count_and_timeout(services: ServicesProce
     assert [info.trial_id for info in missing.trial_infos] == ["a"]
     assert time.monotonic() - started >= 0.3
     waiting = asyncio.ensure_future(stub.RetrieveTrials(Request(trial_ids=["later"], timeout=5000)))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the scenario: the request is waiting at the service when the trial comes
     await log_trial(services.endpoint, "later", ended_trial(1))
     created = time.monotonic()
     reply = await within(waiting)
-    assert time.monotonic() - created < 2.0  # woken by the creation, not by its 5 s timeout
+    assert time.monotonic() - created < 4.0  # woken by the creation, not by its 5 s timeout
     assert [info.trial_id for info in reply.trial_infos] == ["later"]
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.RetrieveTrials(Request(trial_handle="page-two"))
@@ -517,14 +538,8 @@ async def test_committed_samples_survive_a_sigkill(restartable: SimpleNamespace)
     await writer.params(make_params())
     for tick in range(200):
         await writer.sample(make_sample(tick))
-    # Make sure the service has read them all (a call from another channel is answered after), then
-    # give the batched commit (<= 50 ms) time to reach the disk.
-    datastore = sdk_datastore(restartable.current.endpoint)
-    deadline = time.monotonic() + WAIT
-    while (await datastore.get_trials(["crashed"]))[0].sample_count < 200:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
+    # The count the datastore reports is that of committed samples: all 200 are on disk then.
+    await wait_for_sample_count(restartable.current.endpoint, "crashed", 200)
 
     services = restartable.restart(signal.SIGKILL)
     writer.call.cancel()
@@ -538,6 +553,47 @@ async def test_committed_samples_survive_a_sigkill(restartable: SimpleNamespace)
     await log_trial(services.endpoint, "crashed", [make_sample(200, ENDED)])
     [info] = await datastore.get_trials(["crashed"])
     assert (info.sample_count, info.trial_state) == (201, cogment.TrialState.ENDED)
+
+
+async def test_every_sample_a_live_reader_got_survives_a_sigkill(restartable: SimpleNamespace) -> None:
+    """What a trainer learned from is on disk: samples are committed before any reader gets them."""
+    endpoint = restartable.current.endpoint
+    writer = DatalogWriter(endpoint, "read-then-killed")
+    await writer.params(make_params())
+    datastore = sdk_datastore(endpoint)
+    [info] = await datastore.get_trials(["read-then-killed"])
+    received: list[int] = []
+    enough = asyncio.Event()
+
+    async def read() -> None:
+        async for sample in datastore.all_samples([info]):
+            received.append(sample.tick_id)
+            if len(received) >= 100:
+                enough.set()
+
+    async def log_ticks() -> None:
+        for tick in itertools.count():
+            await writer.sample(make_sample(tick))
+            await asyncio.sleep(0.002)  # the pace of a fast trial, so the reader keeps up with the writes
+
+    reader, logger = asyncio.create_task(read()), asyncio.create_task(log_ticks())
+    try:
+        await within(asyncio.ensure_future(enough.wait()), timeout=30)
+        got = list(received)  # no await between this and the kill: exactly what the reader had
+        services = restartable.restart(signal.SIGKILL)
+    finally:
+        for task in (reader, logger):
+            task.cancel()
+        await asyncio.gather(reader, logger, return_exceptions=True)
+        writer.call.cancel()
+        await writer.channel.close()
+
+    datastore = sdk_datastore(services.endpoint)
+    [info] = await datastore.get_trials(["read-then-killed"])
+    stored = [sample.tick_id for sample in await collect(datastore.all_samples([info]))]
+    assert got == list(range(len(got)))
+    missing = sorted(set(got) - set(stored))
+    assert not missing, f"{len(missing)} of the {len(got)} samples the reader got are not on disk: {missing}"
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -655,9 +711,9 @@ async def test_close_ends_live_readers_and_flushes(tmp_path: Path) -> None:
         await writer.sample(make_sample(0))
         sdk = sdk_datastore(endpoint)
         [info] = await sdk.get_trials(["open"])
-        reader = asyncio.create_task(collect(sdk.all_samples([info])))
-        await asyncio.sleep(0.2)
-        assert not reader.done()
+        reader, received = follow(sdk.all_samples([info]))
+        await wait_until(lambda received=received: received, "sample 0 read")
+        assert not reader.done()  # waiting for more: the trial is still open
         await datastore.close()
         # The SDK sees UNAVAILABLE ("communication lost") and ends the loop without raising.
         assert [s.tick_id for s in await within(reader)] == [0]

@@ -225,7 +225,7 @@ async def test_version_update_stream(registry, stub, services: ServicesProcess) 
     await registry.update_model_info("watched", {})
     updates = registry.iteration_updates("watched")
     first = asyncio.ensure_future(anext(updates))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the scenario: time passes and nothing may arrive, as there is no version yet
     assert not first.done(), "no version yet: nothing to send"
     await registry.publish_model("watched", b"1")
     assert (await asyncio.wait_for(first, 5)).iteration == 1
@@ -243,7 +243,7 @@ async def test_version_update_stream(registry, stub, services: ServicesProcess) 
     for watcher in watchers:
         await asyncio.wait_for(watcher.read(), 5)
     before = process.cpu_times()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the scenario: a second of waiting, whose CPU cost is measured
     after = process.cpu_times()
     assert (after.user + after.system) - (before.user + before.system) < 0.2
     for watcher in watchers:
@@ -426,8 +426,10 @@ async def test_memory_only_registry_with_small_cache(small_registry) -> None:
 async def test_close_ends_version_update_streams(small_registry) -> None:
     registry, stub = small_registry
     await stub.CreateOrUpdateModel(pb.CreateOrUpdateModelRequest(model_info=pb.ModelInfo(model_id="m")))
+    await stub.CreateVersion(iter([header("m", 1), body(b"1")]))
     call = stub.VersionUpdate(pb.VersionUpdateRequest(model_id="m"))
-    await asyncio.sleep(0.1)
+    # The stream is open and waiting once it has sent the current version.
+    assert (await asyncio.wait_for(call.read(), 5)).version_info.version_number == 1
     await registry.close()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await asyncio.wait_for(call.read(), 2)

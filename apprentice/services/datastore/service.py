@@ -23,9 +23,15 @@ from cogment.api import (
     trial_datastore_pb2,
     trial_datastore_pb2_grpc,
 )
-from google.protobuf.message import DecodeError
 
-from apprentice.services.common import metadata_values, single_metadata_value, status_reply, version_info
+from apprentice.services.common import (
+    InvalidPagingHandle,
+    metadata_values,
+    parse_paging_handle,
+    single_metadata_value,
+    status_reply,
+    version_info,
+)
 from apprentice.services.datastore.conversion import ConversionError, SampleConverter
 from apprentice.services.datastore.filtering import SampleFilter
 from apprentice.services.datastore.trials import DatastoreClosedError, Trial, TrialStore, UnknownTrialError
@@ -77,8 +83,9 @@ class DatalogService(datalog_pb2_grpc.DatalogSPServicer):
                         f"Trial {trial_id!r}: after the trial_params, RunTrialDatalog messages must carry a sample, "
                         f"got {kind or 'an empty message'}; open a new stream to log another trial",
                     )
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_protobuf(trial_id, "RunTrialDatalogInput"))
+            if trial is not None:
+                # The OK status of the stream means that every sample it carried is on disk.
+                await self._store.wait_committed(trial)
         except DatastoreClosedError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, CLOSING_MESSAGE)
         finally:
@@ -194,8 +201,7 @@ class TrialDatastoreService(trial_datastore_pb2_grpc.TrialDatastoreSPServicer):
                 if len(data) > MAX_SAMPLE_BYTES:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _too_large(trial_id, sample.tick_id, len(data)))
                 self._store.append(trial, data, sample.state)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_protobuf(trial_id, "AddSampleRequest"))
+            await self._store.wait_committed(trial)  # the reply means: stored
         except DatastoreClosedError:
             await context.abort(grpc.StatusCode.UNAVAILABLE, CLOSING_MESSAGE)
         return trial_datastore_pb2.AddSamplesReply()
@@ -218,16 +224,11 @@ class TrialDatastoreService(trial_datastore_pb2_grpc.TrialDatastoreSPServicer):
 
 async def _parse_handle(handle: str, context: Context) -> int:
     """Trial handles are the creation number of the next trial to return, in decimal."""
-    if not handle:
-        return 0
-    if handle.isdigit():
-        return int(handle)
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"Invalid trial_handle {handle!r}: leave it empty for the first request, then pass the "
-        "next_trial_handle of the previous reply",
-    )
-    raise AssertionError("unreachable")
+    try:
+        return parse_paging_handle(handle, "trial_handle")
+    except InvalidPagingHandle as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise AssertionError("unreachable") from None
 
 
 async def _single_trial_id(context: Context, method: str) -> str:
@@ -245,11 +246,4 @@ def _too_large(trial_id: str, tick_id: int, size: int) -> str:
         f"Trial {trial_id!r}: the sample of tick {tick_id} takes {size} bytes once stored, over the "
         f"{MAX_SAMPLE_BYTES} bytes a Cogment client can receive (4 MiB message limit); make observations "
         "smaller or drop fields with TrialParams.datalog.exclude_fields. The samples before it are kept."
-    )
-
-
-def _not_protobuf(trial_id: str, message_type: str) -> str:
-    return (
-        f"Trial {trial_id!r}: a message is not a valid cogmentAPI.{message_type}; send messages built with "
-        "the protos of the cogment SDK. The samples before it are kept."
     )

@@ -3,11 +3,10 @@
 Writes never block the event loop: each call queues an operation for one writer thread, which
 commits in batches (at most ``COMMIT_INTERVAL`` after the first queued operation, at once for a
 sample with state ENDED, and at close). Committed data survives a crash of the process or of the
-machine (WAL journal, ``synchronous=FULL``); a crash loses at most the last ~50 ms.
-
-Samples not committed yet stay in a per-trial in-memory tail, so that live readers see them at
-once; the writer thread drops them from the tail after the commit. Readers query SQLite from a
-small thread pool, only for samples below the tail, which are known to be committed.
+machine (WAL journal, ``synchronous=FULL``); a crash loses at most the last ~50 ms of samples,
+none of which any reader has seen: after each commit the writer thread tells the event loop how
+many samples of each trial are committed, and only those are served. Readers query SQLite from a
+small thread pool.
 
 Operations are applied in the order they were queued (one queue, one thread), so a trial is
 always inserted before its samples and a deletion comes after them.
@@ -25,13 +24,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cogment.api import common_pb2
 
-from apprentice.services.datastore.storage import READ_BATCH_BYTES, Storage, TrialRow, take_batch
+from apprentice.services.datastore.storage import READ_BATCH_BYTES, Storage, TrialRow
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +56,6 @@ CREATE TABLE IF NOT EXISTS samples (
 _SAVE_TRIAL, _SAMPLE, _DELETE, _STOP = range(4)
 
 
-@dataclass
-class _Tail:
-    """Samples ``base``, ``base + 1``... of a trial that may not be committed yet."""
-
-    base: int
-    samples: list[bytes] = field(default_factory=list)
-
-
 class SqliteStorage(Storage):
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -82,8 +72,7 @@ class SqliteStorage(Storage):
             ) from error
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._urgent = threading.Event()  # commit now instead of waiting for COMMIT_INTERVAL
-        self._tails: dict[int, _Tail] = {}
-        self._tails_lock = threading.Lock()  # shared by the event loop and the writer thread
+        self._loop: asyncio.AbstractEventLoop | None = None  # where commits are reported
         self._writer = threading.Thread(target=self._write_loop, name="datastore-sqlite-writer", daemon=True)
         self._writer.start()
         self._reader_connections: list[sqlite3.Connection] = []
@@ -104,29 +93,16 @@ class SqliteStorage(Storage):
         self._queue.put((_SAVE_TRIAL, trial.seq, trial.trial_id, trial.user_id, trial.params))
 
     def append_sample(self, seq: int, index: int, data: bytes, state: int) -> None:
-        with self._tails_lock:
-            tail = self._tails.get(seq)
-            if tail is None:
-                tail = self._tails[seq] = _Tail(base=index)
-            tail.samples.append(data)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         self._queue.put((_SAMPLE, seq, index, data, state))
         if state == common_pb2.TrialState.ENDED:
             self._urgent.set()
 
     async def read_samples(self, seq: int, start: int, stop: int) -> list[bytes]:
-        with self._tails_lock:
-            tail = self._tails.get(seq)
-            if tail is not None and start >= tail.base:
-                return take_batch(tail.samples, start - tail.base, stop - tail.base)
-            # Without a tail every sample is committed; below the tail's base too.
-            committed = tail.base if tail is not None else stop
-        return await asyncio.get_running_loop().run_in_executor(
-            self._readers, self._read_committed, seq, start, min(stop, committed)
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read_committed, seq, start, stop)
 
     def delete_trial(self, seq: int) -> None:
-        with self._tails_lock:
-            self._tails.pop(seq, None)
         self._queue.put((_DELETE, seq))
 
     async def close(self) -> None:
@@ -186,7 +162,7 @@ class SqliteStorage(Storage):
     def _commit_with_retry(self, connection: sqlite3.Connection, operations: list[tuple], stopping: bool) -> None:
         """Commit; on failure (disk full...) keep the operations and retry, so nothing is dropped.
 
-        Samples that are not committed stay readable from the in-memory tails meanwhile.
+        Readers wait meanwhile: they are served committed samples only.
         """
         attempts = 0
         while True:
@@ -202,19 +178,15 @@ class SqliteStorage(Storage):
                 time.sleep(1.0)
                 operations += _drain(self._queue)
                 stopping = stopping or any(operation[0] == _STOP for operation in operations)
-        with self._tails_lock:
-            for seq, count in committed.items():
-                tail = self._tails.get(seq)
-                if tail is None or count <= tail.base:
-                    continue
-                del tail.samples[: count - tail.base]
-                tail.base = count
-                if not tail.samples:
-                    del self._tails[seq]
+        if committed and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._on_committed, committed)
+            except RuntimeError:  # the loop is closed: nobody is left to read them
+                pass
 
 
-def _commit(connection: sqlite3.Connection, operations: list[tuple]) -> dict[int, int]:
-    """Apply ``operations`` in one transaction; returns per trial the number of samples committed."""
+def _commit(connection: sqlite3.Connection, operations: list[tuple]) -> dict[int, tuple[int, int]]:
+    """Apply ``operations`` in one transaction; returns per trial (samples committed, last state)."""
     committed: dict[int, int] = {}
     last_state: dict[int, int] = {}
     samples: list[tuple[int, int, bytes]] = []
@@ -258,7 +230,7 @@ def _commit(connection: sqlite3.Connection, operations: list[tuple]) -> dict[int
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
-    return committed
+    return {seq: (count, last_state[seq]) for seq, count in committed.items()}
 
 
 def _drain(operations: queue.SimpleQueue) -> list[tuple]:

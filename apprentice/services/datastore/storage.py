@@ -7,11 +7,16 @@ costs a read and no conversion.
 
 Backend methods other than ``read_samples`` and ``close`` are called on the event loop for every
 sample and must not block: a persistent backend queues the work (see ``sqlite.py``).
+
+A sample is served to readers only once it is durable: the backend reports, through the listener
+given to ``listen``, how many samples of each trial are committed, and the datastore serves those.
+What a reader (a trainer) has seen is then always on disk, whatever crashes afterwards.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 # A RetrieveSamples read returns at most this many bytes of samples at once (but always at least
@@ -31,8 +36,18 @@ class TrialRow:
     samples_count: int = 0
 
 
+# Called on the event loop with, per trial ``seq``, (samples committed, state of the last one).
+CommitListener = Callable[[Mapping[int, tuple[int, int]]], None]
+
+
 class Storage(ABC):
     """Persistence of trials and their samples, addressed by the trial's ``seq``."""
+
+    _on_committed: CommitListener = staticmethod(lambda counts: None)
+
+    def listen(self, on_committed: CommitListener) -> None:
+        """Report committed samples to ``on_committed``, on the event loop (see the module docstring)."""
+        self._on_committed = on_committed
 
     @abstractmethod
     def load_trials(self) -> list[TrialRow]:
@@ -44,11 +59,14 @@ class Storage(ABC):
 
     @abstractmethod
     def append_sample(self, seq: int, index: int, data: bytes, state: int) -> None:
-        """Store sample number ``index`` (0, 1, 2... per trial, in order) of trial ``seq``."""
+        """Store sample number ``index`` (0, 1, 2... per trial, in order) of trial ``seq``.
+
+        Its commit is reported to the listener later (or at once, for a backend without a disk).
+        """
 
     @abstractmethod
     async def read_samples(self, seq: int, start: int, stop: int) -> list[bytes]:
-        """Samples ``start`` to at most ``stop - 1`` of trial ``seq``: one at least if start < stop."""
+        """Committed samples ``start`` to at most ``stop - 1`` of trial ``seq``: one at least if start < stop."""
 
     @abstractmethod
     def delete_trial(self, seq: int) -> None:
@@ -73,6 +91,7 @@ class MemoryStorage(Storage):
 
     def append_sample(self, seq: int, index: int, data: bytes, state: int) -> None:
         self._samples[seq].append(data)
+        self._on_committed({seq: (index + 1, state)})  # as durable as this backend gets
 
     async def read_samples(self, seq: int, start: int, stop: int) -> list[bytes]:
         return take_batch(self._samples.get(seq, []), start, stop)

@@ -14,6 +14,9 @@ When is a trial over, so that live readers stop waiting for more samples?
 Such an unfinished trial keeps its stored samples and its last state (e.g. RUNNING); it is
 "interrupted". Sending TrialParams again for the same id (a new datalog stream, or AddTrial)
 reopens it for new samples.
+
+Counters and states that readers see (``samples_count``, ``last_state``) are those of committed
+samples (see ``storage.py``): a sample appended but not yet durable is invisible to them.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ class Trial:
     trial_id: str
     user_id: str
     params: common_pb2.TrialParams
-    last_state: int = common_pb2.TrialState.UNKNOWN
-    samples_count: int = 0
+    last_state: int = common_pb2.TrialState.UNKNOWN  # of the last committed sample
+    samples_count: int = 0  # committed, so served to readers
+    appended: int = 0  # accepted; the ones after samples_count are on their way to the disk
     interrupted: bool = False  # nobody can add samples any more (see module docstring)
     deleted: bool = False
     changed: Notifier = field(default_factory=Notifier)  # new sample, interruption, deletion
@@ -93,8 +97,8 @@ class Trial:
 
     @property
     def finished(self) -> bool:
-        """No sample will be added: live readers stop after the stored ones."""
-        return self.ended or self.interrupted or self.deleted
+        """No sample will be added or committed: live readers stop after the stored ones."""
+        return self.deleted or ((self.ended or self.interrupted) and self.samples_count >= self.appended)
 
     def info(self) -> trial_datastore_pb2.StoredTrialInfo:
         return trial_datastore_pb2.StoredTrialInfo(
@@ -117,6 +121,7 @@ class TrialStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._by_id: dict[str, Trial] = {}
+        self._by_seq: dict[int, Trial] = {}
         self._ordered: list[Trial] = []  # by seq, deleted trials removed
         self._trials_changed = Notifier()
         self._closed = Notifier()
@@ -129,13 +134,16 @@ class TrialStore:
                 params=common_pb2.TrialParams.FromString(row.params),
                 last_state=row.last_state,
                 samples_count=row.samples_count,
+                appended=row.samples_count,
             )
             trial.interrupted = not trial.ended  # from a previous process: see module docstring
             self._add(trial)
         self._next_seq = self._ordered[-1].seq + 1 if self._ordered else 0
+        storage.listen(self._committed)
 
     def _add(self, trial: Trial) -> None:
         self._by_id[trial.trial_id] = trial
+        self._by_seq[trial.seq] = trial
         self._ordered.append(trial)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -157,14 +165,33 @@ class TrialStore:
         return trial
 
     def append(self, trial: Trial, sample: bytes, state: int) -> None:
-        """Store a serialized StoredTrialSample; the hot path, once per tick of every trial."""
+        """Store a serialized StoredTrialSample; the hot path, once per tick of every trial.
+
+        Readers get it once the backend reports it committed (``_committed``).
+        """
         self._check_open()
         if trial.deleted:
             return  # deleted by a user while still being logged: the user asked for it to go
-        self._storage.append_sample(trial.seq, trial.samples_count, sample, state)
-        trial.samples_count += 1
-        trial.last_state = state
-        trial.changed.notify()
+        index = trial.appended
+        trial.appended += 1
+        self._storage.append_sample(trial.seq, index, sample, state)
+
+    def _committed(self, counts: Mapping[int, tuple[int, int]]) -> None:
+        """The backend made samples durable: serve them."""
+        for seq, (count, state) in counts.items():
+            trial = self._by_seq.get(seq)
+            if trial is None or count <= trial.samples_count:
+                continue  # deleted meanwhile, or already known
+            trial.samples_count = count
+            trial.last_state = state
+            trial.changed.notify()
+
+    async def wait_committed(self, trial: Trial) -> None:
+        """Until every sample appended to ``trial`` so far is durable (or the trial is deleted)."""
+        target = trial.appended
+        while trial.samples_count < target and not trial.deleted:
+            self._check_open()
+            await wait_any([trial.changed, self._closed])
 
     def interrupt(self, trial: Trial) -> None:
         """The only writer of ``trial`` is gone; if it did not end, readers must stop waiting."""
@@ -179,6 +206,7 @@ class TrialStore:
             if trial is None:
                 continue
             trial.deleted = True
+            del self._by_seq[trial.seq]
             self._ordered.remove(trial)
             self._storage.delete_trial(trial.seq)
             trial.changed.notify()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from cogment.api import common_pb2, model_registry_pb2, model_registry_pb2_grpc
 
-from apprentice.services.common import status_reply, version_info
+from apprentice.services.common import InvalidPagingHandle, parse_paging_handle, status_reply, version_info
 from apprentice.services.model_registry.errors import InvalidRequest, RegistryError
 from apprentice.services.model_registry.records import ModelRecord
 from apprentice.services.model_registry.storage import VersionStore
@@ -46,14 +46,10 @@ async def _reporting_errors(context: grpc.aio.ServicerContext, action: str) -> A
 
 def _parse_handle(handle: str, field_name: str) -> int:
     """Paging handles are decimal offsets/numbers; empty means "from the start"."""
-    if not handle:
-        return 0
-    if not (handle.isascii() and handle.isdigit()):
-        raise InvalidRequest(
-            f"Invalid {field_name} {handle!r}: leave it empty for the first page, then pass the "
-            f"next_{field_name} of the previous reply."
-        )
-    return int(handle)
+    try:
+        return parse_paging_handle(handle, field_name)
+    except InvalidPagingHandle as error:
+        raise InvalidRequest(str(error)) from None
 
 
 class ModelRegistryServicer(model_registry_pb2_grpc.ModelRegistrySPServicer):

@@ -11,8 +11,9 @@ import grpc
 from cogment.api import common_pb2, orchestrator_pb2_grpc
 
 from apprentice.services.common import server_options
-from apprentice.services.orchestrator.params import check_trial_params
-from apprentice.services.orchestrator.trial import ENDED, GrpcChannels, Trial
+from apprentice.services.orchestrator.channels import CHANNEL_IDLE_SECONDS, GrpcChannels
+from apprentice.services.orchestrator.params import check_start_names, check_trial_params
+from apprentice.services.orchestrator.trial import ENDED, Trial
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,16 @@ class Orchestrator:
     ``ended_trial_retention`` seconds, so a caller can still read their final state.
     """
 
-    def __init__(self, environment_init_timeout: float = 30.0, ended_trial_retention: float = 60.0) -> None:
+    def __init__(
+        self,
+        environment_init_timeout: float = 30.0,
+        ended_trial_retention: float = 60.0,
+        channel_idle_seconds: float = CHANNEL_IDLE_SECONDS,
+    ) -> None:
         self.trials: dict[str, Trial] = {}
         self.environment_init_timeout = environment_init_timeout
         self.ended_trial_retention = ended_trial_retention
+        self.channel_idle_seconds = channel_idle_seconds
         self._watchers: set[asyncio.Queue[Trial]] = set()
         self._channels: GrpcChannels | None = None
         self._maintenance: asyncio.Task | None = None
@@ -49,6 +56,7 @@ class Orchestrator:
 
         Raises InvalidTrialParams for parameters that can never work.
         """
+        check_start_names(trial_id_requested, user_id)
         checked = check_trial_params(params)
         trial_id = trial_id_requested or str(uuid.uuid4())
         if trial_id in self.trials:
@@ -88,29 +96,40 @@ class Orchestrator:
     def unwatch(self, queue: asyncio.Queue) -> None:
         self._watchers.discard(queue)
 
+    @property
+    def open_channels(self) -> int:
+        """gRPC channels to components currently open (closed once unused for a while)."""
+        return len(self._channels) if self._channels is not None else 0
+
     # -- maintenance -------------------------------------------------------------------------------
 
     def _ensure_started(self) -> None:
         if self._channels is None:
-            self._channels = GrpcChannels(list(server_options()))
+            self._channels = GrpcChannels(list(server_options()), self.channel_idle_seconds)
         if self._maintenance is None:
             self._maintenance = asyncio.create_task(self._maintain(), name="orchestrator maintenance")
 
     async def _maintain(self) -> None:
-        """Every second: end stale trials (max_inactivity) and forget trials ended long enough ago."""
+        """Every second: end stale trials (max_inactivity), forget trials ended long enough ago and
+        close the channels no trial uses any more."""
         while True:
             await asyncio.sleep(MAINTENANCE_PERIOD)
-            now = time.monotonic()
-            for trial in list(self.trials.values()):
-                if trial.state == ENDED:
-                    if trial.ended_at_ns and time.time_ns() - trial.ended_at_ns > self.ended_trial_retention * 1e9:
-                        del self.trials[trial.id]
-                elif trial.max_inactivity > 0 and now - trial.last_activity > trial.max_inactivity:
-                    termination = asyncio.create_task(
-                        trial.hard_terminate("The trial was inactive for too long", special_event="Stale trial")
-                    )
-                    self._terminations.add(termination)
-                    termination.add_done_callback(self._terminations.discard)
+            self._channels.close_idle()
+            # In a method of its own, so that no local variable keeps a forgotten trial alive.
+            self._check_trials()
+
+    def _check_trials(self) -> None:
+        now = time.monotonic()
+        for trial in list(self.trials.values()):
+            if trial.state == ENDED:
+                if trial.ended_at_ns and time.time_ns() - trial.ended_at_ns > self.ended_trial_retention * 1e9:
+                    del self.trials[trial.id]
+            elif trial.max_inactivity > 0 and now - trial.last_activity > trial.max_inactivity:
+                termination = asyncio.create_task(
+                    trial.hard_terminate("The trial was inactive for too long", special_event="Stale trial")
+                )
+                self._terminations.add(termination)
+                termination.add_done_callback(self._terminations.discard)
 
     async def close(self) -> None:
         """End every running trial (hard), so components are released and datalogs flushed."""

@@ -30,6 +30,7 @@ from cogment.api import (
     orchestrator_pb2,
 )
 
+from apprentice.services.orchestrator.channels import GrpcChannels
 from apprentice.services.orchestrator.components import ActorSlot, ActorStatus, EnvironmentSlot
 from apprentice.services.orchestrator.datalog import TrialDatalog
 from apprentice.services.orchestrator.params import CheckedParams
@@ -64,40 +65,6 @@ ENVIRONMENT_LAST_ACK_TIMEOUT = 60.0
 ACTOR_LAST_ACK_TIMEOUT = 30.0
 
 
-class GrpcChannels:
-    """One channel per target, shared by every trial, so trials reuse open connections.
-
-    A channel whose target went away (a crashed component) is replaced by a fresh one: the old
-    one waits out gRPC's growing reconnect backoff, and every call made meanwhile fails at once,
-    even after the component is back on its port.
-    """
-
-    def __init__(self, options: list[tuple[str, int]]) -> None:
-        # Each channel keeps its own connection: from gRPC's process-wide pool, a fresh channel
-        # would inherit the old one's backoff.
-        self._options = [*options, ("grpc.use_local_subchannel_pool", 1)]
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._closing: set[asyncio.Task] = set()
-
-    def get(self, target: str) -> grpc.aio.Channel:
-        channel = self._channels.get(target)
-        if channel is not None and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            closing = asyncio.create_task(channel.close())  # no call lives on it: it has no connection
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-            channel = None
-        if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=self._options)
-            self._channels[target] = channel
-        return channel
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-        await asyncio.gather(*self._closing)
-
-
 class Trial:
     def __init__(
         self,
@@ -113,6 +80,7 @@ class Trial:
         self.params = checked.params
         self.checked = checked
         self._channels = channels
+        self._held_targets: list[str] = []  # channels acquired, released when the trial ends
         self._on_state_change = on_state_change
         self._environment_init_timeout = environment_init_timeout
 
@@ -168,7 +136,7 @@ class Trial:
         endpoint = self.checked.datalog_endpoint
         if endpoint is None:
             return
-        stub = datalog_pb2_grpc.DatalogSPStub(self._channels.get(endpoint.grpc_target))
+        stub = datalog_pb2_grpc.DatalogSPStub(self._channel(endpoint.grpc_target))
         call = stub.RunTrialDatalog(metadata=(("trial-id", self.id), ("user-id", self.user_id)))
         try:
             await call.write(datalog_pb2.RunTrialDatalogInput(trial_params=self.params))
@@ -185,15 +153,19 @@ class Trial:
         self._startup = self._spawn(self._start_components())
 
     async def _start_components(self) -> None:
-        results = await asyncio.gather(*(self._initialize_actor(actor) for actor in self.actors))
-        failed = [actor for actor, ok in zip(self.actors, results) if not ok]
-        if any(not actor.params.optional for actor in failed):
-            names = ", ".join(actor.name for actor in failed if not actor.params.optional)
-            await self.hard_terminate(f"Failed to initialize all actors [{names}]")
+        problems = await asyncio.gather(*(self._initialize_actor(actor) for actor in self.actors))
+        failed = [(actor, problem) for actor, problem in zip(self.actors, problems) if problem]
+        required = [actor.name for actor, _ in failed if not actor.params.optional]
+        if failed:
+            # One line per trial, however many actors it has.
+            outcome = "ending the trial" if required else "continuing without them (optional)"
+            details = [f"{actor.name!r} {problem}" for actor, problem in failed]
+            log.warning("Trial %s: %d actors unavailable, %s: %s", self.id, len(failed), outcome, _listed(details))
+        if required:
+            await self.hard_terminate(f"Failed to initialize all actors [{_listed(required)}]")
             return
-        for actor in failed:
+        for actor, _ in failed:
             actor.status = ActorStatus.DISENGAGED
-            log.warning("Trial %s: optional actor %r unavailable, continuing without it", self.id, actor.name)
         for actor in self.actors:
             if actor.engaged:
                 actor.connection.start_reading(
@@ -208,25 +180,26 @@ class Trial:
             return
         self.environment.connection.start_reading(self._on_environment_message, self._on_environment_closed)
 
-    async def _initialize_actor(self, actor: ActorSlot) -> bool:
+    async def _initialize_actor(self, actor: ActorSlot) -> str:
+        """What went wrong, or "" once the actor is engaged."""
         timeout = actor.params.initial_connection_timeout or None  # 0 means wait forever
         try:
             await asyncio.wait_for(self._connect_actor(actor), timeout)
         except TimeoutError:
-            log.warning("Trial %s: actor %r did not connect within %g s", self.id, actor.name, timeout)
-            return False
+            return f"did not connect within {timeout:g} s"
         except (StreamClosed, ProtocolError) as error:
-            log.warning("Trial %s: actor %r failed to initialize: %s", self.id, actor.name, error)
-            return False
+            if actor.connection is not None:
+                actor.connection.abort()  # broken: nothing more to send on it, not even END
+            return f"failed to initialize ({error})"
         actor.status = ActorStatus.ENGAGED
-        return True
+        return ""
 
     async def _connect_actor(self, actor: ActorSlot) -> None:
         if actor.endpoint.is_client:
             # The ClientActorSP handler did the handshake; it resolves this future when a client joins.
             actor.connection = await asyncio.shield(actor.joined)
             return
-        stub = agent_pb2_grpc.ServiceActorSPStub(self._channels.get(actor.endpoint.grpc_target))
+        stub = agent_pb2_grpc.ServiceActorSPStub(self._channel(actor.endpoint.grpc_target))
         connection = Connection(stub.RunTrial(metadata=(("trial-id", self.id),)), f"actor {actor.name!r}")
         actor.connection = connection
         connection.send(common_pb2.ActorRunTrialInput(state=NORMAL, init_input=actor.init_input(self.environment.name)))
@@ -234,7 +207,7 @@ class Trial:
 
     async def _initialize_environment(self) -> None:
         environment = self.environment
-        stub = environment_pb2_grpc.EnvironmentSPStub(self._channels.get(environment.endpoint.grpc_target))
+        stub = environment_pb2_grpc.EnvironmentSPStub(self._channel(environment.endpoint.grpc_target))
         connection = Connection(stub.RunTrial(metadata=(("trial-id", self.id),)), f"environment {environment.name!r}")
         environment.connection = connection
         connection.send(
@@ -628,6 +601,7 @@ class Trial:
         self.set_state(ENDED)
         self.datalog.flush()
         self.ended.set()
+        self._release_channels()
         if self.datalog.connection is not None:
             await self.datalog.connection.finish()
 
@@ -637,6 +611,16 @@ class Trial:
             self._spawn(self.hard_terminate(f"Datalog stream failed ({reason}): samples can no longer be stored"))
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        self._held_targets.append(target)
+        return self._channels.acquire(target)
+
+    def _release_channels(self) -> None:
+        # Streams still finishing keep working: a released channel is only closed after a while.
+        for target in self._held_targets:
+            self._channels.release(target)
+        self._held_targets.clear()
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
@@ -658,6 +642,12 @@ class Trial:
         if with_observation and self.latest_observation is not None:
             info.latest_observation.CopyFrom(self.latest_observation)
         return info
+
+
+def _listed(items: list[str], limit: int = 5) -> str:
+    """``a, b, c and 7 more``: keeps log lines and end reasons short for trials with many actors."""
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 
 async def _await_init_output(connection: Connection, heartbeat_reply) -> None:

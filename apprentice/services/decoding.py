@@ -1,0 +1,140 @@
+"""Requests whose bytes are not the method's message: INVALID_ARGUMENT, and a quiet log.
+
+gRPC deserializes every request before (unary) or while (streaming) the servicer method runs; a
+``DecodeError`` there becomes UNKNOWN with a full traceback in the log, once per call. This server
+interceptor is the one place where that is handled for every service of the port: it wraps each
+method's deserializer and method so that such a call ends with INVALID_ARGUMENT and a message
+naming the expected message type, and logs at most one line per method per ``LOG_INTERVAL``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger(__name__)
+
+LOG_INTERVAL = 60.0  # seconds: at most one log line per kind of bad request in this time
+
+
+class RateLimitedLog:
+    """At most one warning per kind of problem per ``interval``; the next one says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._quiet_until: dict[Hashable, float] = {}
+        self._suppressed: dict[Hashable, int] = {}
+
+    def warning(self, kind: Hashable, message: str) -> None:
+        now = self._clock()
+        if now < self._quiet_until.get(kind, float("-inf")):
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += f" ({suppressed} more like it since the last such line, not logged)"
+        self._quiet_until[kind] = now + self._interval
+        self._logger.warning("%s", message)
+
+
+class UndecodableRequest(DecodeError):
+    """The bytes of a request are not a valid ``message_type``."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        super().__init__(f"the request is not a valid {message_type} ({error})")
+        self.message_type = message_type
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a unary method receives instead of its request when the bytes could not be decoded."""
+
+    error: UndecodableRequest
+
+
+class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
+    """Server interceptor: undecodable requests end with INVALID_ARGUMENT, logged with a rate limit."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self._log = RateLimitedLog(log, interval)
+        # Handlers come from the servicers' generic handlers, one object per method: wrap each once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(method, handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler) -> grpc.RpcMethodHandler:
+        deserialize = handler.request_deserializer
+        message_type = _message_type(deserialize)
+
+        def decode(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as error:  # noqa: BLE001 - whatever the parser raises, the bytes are bad
+                undecodable = UndecodableRequest(message_type, error)
+                if handler.request_streaming:
+                    raise undecodable from None  # raised where the method reads the stream
+                return _Undecodable(undecodable)  # unary: decoded before the method runs
+
+        async def reject(context: grpc.aio.ServicerContext, error: UndecodableRequest) -> None:
+            self._log.warning((method, type(error)), f"Refused a call of {method}: {error}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{error}: send messages built with the protos of the cogment SDK (cogment.api)",
+            )
+
+        field = _behavior_field(handler)
+        behavior = getattr(handler, field)
+        if not (inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)):
+            return handler  # a synchronous method: not one of ours, left as gRPC runs it
+        if inspect.isasyncgenfunction(behavior):
+
+            async def guarded(request, context):
+                if isinstance(request, _Undecodable):
+                    await reject(context, request.error)
+                try:
+                    async for reply in behavior(request, context):
+                        yield reply
+                except UndecodableRequest as error:
+                    await reject(context, error)
+
+        else:
+
+            async def guarded(request, context):
+                if isinstance(request, _Undecodable):
+                    await reject(context, request.error)
+                try:
+                    return await behavior(request, context)
+                except UndecodableRequest as error:
+                    await reject(context, error)
+
+        return handler._replace(request_deserializer=decode, **{field: guarded})
+
+
+def _behavior_field(handler) -> str:
+    if handler.request_streaming:
+        return "stream_stream" if handler.response_streaming else "stream_unary"
+    return "unary_stream" if handler.response_streaming else "unary_unary"
+
+
+def _message_type(deserialize: Callable[[bytes], Any]) -> str:
+    """``cogmentAPI.TrialStartRequest`` for ``TrialStartRequest.FromString``."""
+    message_class = getattr(deserialize, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return descriptor.full_name if descriptor is not None else "request message"
