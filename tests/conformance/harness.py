@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,16 @@ class Sdk:
         watcher = TrialWatcher(self.controller, filters, full_info).start()
         self._extra_watchers.append(watcher)
         return watcher
+
+    async def watcher_subscribed(self, env_endpoint: str, timeout: float = 10.0) -> None:
+        """Until the background watcher receives updates: a probe trial, PENDING on a client that never
+        joins, shows up in it (the stream says nothing until a trial changes), then it is ended."""
+        probe_id = await self.start_trial(trial_params(env_endpoint, [actor("probe", "player")]), f"probe-{uuid.uuid4()}")
+        deadline = time.monotonic() + timeout
+        while not self.watcher.states(probe_id):
+            assert time.monotonic() < deadline, f"the trial watcher saw nothing within {timeout} s ({self.watcher.error!r})"
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(self.controller.terminate_trial([probe_id], hard=True), 5)
 
     async def start_trial(self, params: cogment.TrialParameters, trial_id: str | None = None,
                           timeout: float = 10.0) -> str:

@@ -84,7 +84,7 @@ async def test_client_actor_joins_by_name(sdk, components):
                           env_config={"end_after": 20})
     trial_id = await sdk.start_trial(params, "sc6-client-by-name")
     await sdk.wait_state(trial_id, "PENDING", 5)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the scenario: time passes and nothing starts while the client is away
     info = await sdk.trial_info(trial_id)
     assert info is not None and info.state == cogment.TrialState.PENDING, f"before join: {info}"
     assert not select(comp.records, trial=trial_id, role="env"), "environment started before the client joined"
@@ -425,7 +425,7 @@ async def test_required_actor_failing_init_ends_the_trial(sdk, components, failu
     records = await comp.wait_for(lambda recs: loop_end(recs, trial_id, "actor", "p1"), 5,
                                   "p1 (initialised) to get END", trial_id)
     assert loop_end(records, trial_id, "actor", "p1")["final"] is False
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the scenario: time passes and the environment is still never contacted
     assert not select(comp.records, trial=trial_id, role="env"), "the environment must not be contacted"
     states = sdk.watcher.states(trial_id)
     assert "RUNNING" not in states, states

@@ -74,7 +74,7 @@ async def test_version_and_status(sdk, services):
 async def test_env_ends_itself_after_100_action_sets(sdk, components):
     """§10 #2: env + 2 service actors, the env ends the trial after 100 action sets."""
     comp = await components()
-    await asyncio.sleep(0.3)  # let the background watch_trials subscription reach the orchestrator
+    await sdk.watcher_subscribed(comp.endpoint)
     params = trial_params(comp.endpoint, two_service_actors(comp.endpoint),
                           env_config={"end_after": 100, "start_delay": 0.3})
     trial_id = await sdk.start_trial(params, "sc2-env-ends-itself")
@@ -238,7 +238,7 @@ async def test_get_trial_info_and_get_actors(sdk, components):
     try:
         await comp.wait_for(lambda recs: len(action_set_events(recs, trial_id)) >= 3, 15, "3 ticks", trial_id)
         first = await sdk.trial_info(trial_id)
-        await asyncio.sleep(0.3)
+        await comp.wait_for(lambda recs: len(action_set_events(recs, trial_id)) >= first.tick_id + 3, 15, "3 more ticks", trial_id)
         second = await sdk.trial_info(trial_id)
         assert first is not None and second is not None
         assert first.trial_id == trial_id

@@ -13,7 +13,7 @@ import pytest
 from conftest import start_services_process
 
 from apprentice.launcher import PROJECT_ROOT
-from conformance.harness import actor, trial_params
+from conformance.harness import action_set_events, actor, trial_params
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,7 +23,7 @@ async def test_sigterm_ends_running_trials_and_keeps_their_samples(tmp_path, ser
     params = trial_params(comp.endpoint, [actor("p1", "player", comp.endpoint)], datalog_endpoint=services.endpoint)
     trial_id = await sdk.start_trial(params, "runs-until-stopped")
     await sdk.wait_state(trial_id, "RUNNING")
-    await asyncio.sleep(0.3)  # a few hundred ticks
+    await comp.wait_for(lambda records: len(action_set_events(records, trial_id)) >= 50, 15, "50 ticks", trial_id)
 
     stopping_since = time.monotonic()
     services.process.send_signal(signal.SIGTERM)
