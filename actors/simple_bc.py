@@ -18,6 +18,7 @@ import asyncio
 import io
 import itertools
 import logging
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -27,9 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from actors.scripted_teacher import SUPPORTED_ENV_IDS as SCRIPTED_TEACHER_ENV_IDS
 from apprentice.model import RUN_FINISHED, Model
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
+from apprentice.sample_buffer import SampleBuffer
 from apprentice.spaces import ActionSpace, array_from_tensor, environment_specs, gym_from_space, is_noop
 from apprentice.teaching import TeacherMode, decide
 
@@ -219,14 +222,33 @@ class TrialSummary:
     demonstrations: int = 0
     invalid_teacher_actions: int = 0
     teacher_seconds: float = 0.0  # time during which the teacher was acting (holding a key)
+    # False when the samples ended before the environment's final observation: the trial was cut
+    # short (the environment or an actor crashed, or the trial was hard-terminated).
+    episode_over: bool = False
+
+    def ended_early(self) -> bool:
+        return not self.episode_over
 
 
 class SimpleBCTraining:
     """Behavioral cloning run; its settings are the ``run`` section of the experiment config."""
 
     def __init__(self, cfg) -> None:
+        """Checks every setting: a bad one must stop ``main`` before anything starts (ValueError)."""
         self.cfg = cfg
-        self.environment_specs = environment_specs(cfg.env_id)
+        for name in ("num_trials", "batch_size", "publish_every", "evaluate_every"):
+            check_number(cfg, name, minimum=1, integer=True)
+        check_number(cfg, "learning_rate", minimum=0.0, inclusive=False)
+        check_number(cfg, "approval_weight", minimum=0.0)
+        try:
+            self.environment_specs = environment_specs(cfg.env_id)
+        except gymnasium.error.Error as error:
+            raise ValueError(f"run.env_id={cfg.env_id!r}: gymnasium cannot make it ({error}); give a registered id, e.g. MountainCar-v0") from None
+        if cfg.teacher.implementation == "scripted_teacher" and cfg.env_id not in SCRIPTED_TEACHER_ENV_IDS:
+            raise ValueError(
+                f"teacher=scripted: the scripted teacher only knows {', '.join(SCRIPTED_TEACHER_ENV_IDS)}, not run.env_id={cfg.env_id!r}; "
+                "teach this environment in the browser with teacher=human"
+            )
         # Parsed here: a typo must stop the run before anyone teaches, not at the first evaluation.
         self.success_rule = SuccessRule.parse(cfg.get("eval_success", "terminated"))
 
@@ -265,6 +287,8 @@ class SimpleBCTraining:
 
             player = sample.actors_data["player"]
             teacher = sample.actors_data.get("teacher")
+            if player.observation is not None and player.observation.final:
+                summary.episode_over = True
             if is_noop(player.action):
                 continue  # the final observation (after the last action), or a tick the player missed
             step = decide(player.action, teacher.action if teacher else None, action_space)
@@ -283,7 +307,7 @@ class SimpleBCTraining:
         registry = run_session.model_registry
         torch.manual_seed(cfg.seed)
         model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes))
-        demonstrations, observations, actions = [], [], []
+        samples = SampleBuffer()
         first_trial, teacher_seconds = 0, 0.0
 
         if cfg.resume:
@@ -294,8 +318,8 @@ class SimpleBCTraining:
                     first_trial = max(first_trial, trial_index + 1)
                     teacher_seconds += sample.teacher_seconds
                     continue
-                demonstrations.append(sample[0]), observations.append(sample[1]), actions.append(sample[2])
-            print(f"Resuming run {run_session.run_id} at iteration {model.iteration} with {len(actions)} stored samples")
+                samples.append(*sample)
+            print(f"Resuming run {run_session.run_id} at iteration {model.iteration} with {len(samples)} stored samples")
         else:
             await model.store(registry)
             run_session.log_params(
@@ -331,41 +355,41 @@ class SimpleBCTraining:
                     trial_steps=sample.steps,
                     intervention_rate=intervention_rate,
                     teacher_seconds=teacher_seconds,
-                    demonstrations=sum(demonstrations),
+                    demonstrations=samples.demonstration_count,
                     invalid_teacher_actions=sample.invalid_teacher_actions,
                 )
+                ended_early = f"  ended early: {TRIAL_CUT_SHORT}" if sample.ended_early() else ""
                 print(
                     f"trial {first_trial + sample.trial_index + 1:3d}  steps {sample.steps:4d}  return {sample.total_return:8.1f}  "
-                    f"intervention {intervention_rate:6.1%}  iteration {model.iteration:4d}  loss {loss_value:.4f}",
+                    f"intervention {intervention_rate:6.1%}  iteration {model.iteration:4d}  loss {loss_value:.4f}{ended_early}",
                     flush=True,
                 )
                 continue
 
-            demonstration, observation, action = sample
-            demonstrations.append(demonstration), observations.append(observation), actions.append(action)
-            usable = [i for i, flag in enumerate(demonstrations) if flag] if cfg.train_only_from_demonstration else None
-            population = len(usable) if usable is not None else len(actions)
+            samples.append(*sample)
+            population = samples.demonstration_count if cfg.train_only_from_demonstration else len(samples)
             if population < cfg.batch_size:
                 continue
 
             # One training step per new sample, on a batch drawn from everything kept so far.
-            picks = torch.randint(population, (cfg.batch_size,), generator=generator).tolist()
-            indexes = [usable[i] for i in picks] if usable is not None else picks
-            weights = torch.tensor([1.0 if demonstrations[i] else cfg.approval_weight for i in indexes])
-            loss = model.loss(torch.stack([observations[i] for i in indexes]), torch.stack([actions[i] for i in indexes]), weights)
+            picks = torch.randint(population, (cfg.batch_size,), generator=generator)
+            indexes = samples.demonstration_indexes()[picks] if cfg.train_only_from_demonstration else picks
+            demonstrations, observations, labels = samples.batch(indexes)
+            weights = torch.where(demonstrations, 1.0, float(cfg.approval_weight))
+            loss = model.loss(observations, labels, weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             model.training_steps += 1
             loss_value = loss.item()
             losses_since_publication.append(loss_value)
-            run_session.log_metrics(model.training_steps, loss=loss_value, total_samples=len(actions))
+            run_session.log_metrics(model.training_steps, loss=loss_value, total_samples=len(samples))
 
             if model.training_steps % cfg.publish_every == 0:
                 # The iteration carries its training figures: the web page draws the loss trend from them.
                 mean_loss = statistics.fmean(losses_since_publication)
                 losses_since_publication.clear()
-                await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(actions))
+                await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(samples))
                 publications += 1
                 run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
                 if publications % cfg.evaluate_every == 0:
@@ -377,15 +401,31 @@ class SimpleBCTraining:
         # The run's totals, resumed trials included: the page's end-of-run summary shows them.
         final_figures = {
             "training_steps": model.training_steps,
-            "samples": len(actions),
+            "samples": len(samples),
             "trials": first_trial + trials_played,
-            "demonstrations": sum(demonstrations),
+            "demonstrations": samples.demonstration_count,
             "eval_success_rate": success_rate,
         }
         if losses_since_publication:
             final_figures["loss"] = statistics.fmean(losses_since_publication)
         await model.store(registry, **final_figures, **{RUN_FINISHED: "true"})
         print(f"run {run_session.run_id}: iteration {model.iteration}, success rate alone {success_rate:.0%} over {cfg.eval_episodes} episodes")
+
+
+TRIAL_CUT_SHORT = "the environment or an actor stopped before the episode's end (see the components' log)"
+
+
+def check_number(cfg, name: str, minimum: float, integer: bool = False, inclusive: bool = True) -> None:
+    """``run.NAME`` must be a number (an integer if ``integer``) at least ``minimum`` (above it unless ``inclusive``)."""
+    value = cfg.get(name)
+    kind = "an integer" if integer else "a number"
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not is_number or (integer and value != int(value)) or value < minimum or (not inclusive and value == minimum):
+        raise ValueError(f"run.{name}={value!r}: it must be {kind} {bound}; give one, e.g. run.{name}={EXAMPLE_SETTINGS[name]}")
+
+
+EXAMPLE_SETTINGS = {"num_trials": 5, "batch_size": 32, "publish_every": 100, "evaluate_every": 5, "learning_rate": 0.001, "approval_weight": 1.0}
 
 
 @dataclass(frozen=True)

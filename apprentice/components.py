@@ -1,6 +1,6 @@
 """Serve environment and actor implementations on one gRPC port.
 
-``python -m apprentice.components --port 9001 --model-registry grpc://127.0.0.1:9000 \\
+``python -m apprentice.components --port 9001 [--host 127.0.0.1] --model-registry grpc://127.0.0.1:9000 \\
     --environment gym=environments.gym_environment.GymEnvironment \\
     --actor simple_bc=actors.simple_bc.SimpleBCActor``
 
@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cogment
+import cogment.api.agent_pb2_grpc as agent_grpc_api
+import cogment.api.environment_pb2_grpc as env_grpc_api
+import grpc
+from cogment.agent_service import AgentServicer
+from cogment.env_service import EnvironmentServicer
 from prometheus_client import CollectorRegistry
 
 from apprentice import cog_settings
-from apprentice.launcher import exit_with_parent, wait_until_reachable
+from apprentice.launcher import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +66,13 @@ async def serve_components(
     actors: list[Implementation],
     model_registry_endpoint: str | None = None,
     on_ready: Callable[[int], None] | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Serve until cancelled. ``port=0`` picks a free port; ``on_ready(port)`` once it listens."""
+    """Serve on ``host:port`` until cancelled. ``port=0`` picks a free port; ``on_ready(port)`` once it listens."""
     # Each serving Context in a process needs its own Prometheus registry (the SDK's default one
     # refuses duplicate metrics).
-    context = cogment.Context(user_id="apprentice-components", cog_settings=cog_settings, prometheus_registry=CollectorRegistry())
+    prometheus_registry = CollectorRegistry()
+    context = cogment.Context(user_id="apprentice-components", cog_settings=cog_settings, prometheus_registry=prometheus_registry)
     model_registry = None
     if model_registry_endpoint:
         model_registry = await context.get_model_registry_v2(cogment.Endpoint(model_registry_endpoint))
@@ -75,30 +82,43 @@ async def serve_components(
         built = actor.build(model_registry)
         context.register_actor(impl=built.impl, impl_name=actor.name, actor_classes=built.get_actor_classes())
 
-    serving = asyncio.create_task(context.serve_all_registered(cogment.ServedEndpoint(port)))
+    server, served_port = bind_server(context, prometheus_registry, host, port)
+    await server.start()
     try:
-        while context.served_port == 0 and not serving.done():
-            await asyncio.sleep(0.01)
-        if serving.done():
-            serving.result()  # raises the serving error
-        # The SDK binds its port before it serves.
-        await wait_until_reachable(f"grpc://127.0.0.1:{context.served_port}", timeout=10.0, poll_interval=0.02)
-        log.info("Components served on grpc://127.0.0.1:%d", context.served_port)
+        log.info("Components served on grpc://%s:%d", host, served_port)
         if on_ready is not None:
-            on_ready(context.served_port)
-        await serving
+            on_ready(served_port)
+        await server.wait_for_termination()
     finally:
-        serving.cancel()
-        # The SDK has no public way to stop its server; stop it here so that the process exits
-        # quietly (an un-stopped grpc.aio server complains once the event loop is closed).
-        if context._grpc_server is not None:
-            await context._grpc_server.stop(grace=None)
+        await server.stop(grace=None)
+
+
+def bind_server(context: cogment.Context, prometheus_registry: CollectorRegistry, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server of the context's registered environments and actors, bound to ``host:port`` only.
+
+    The SDK's ``serve_all_registered`` takes only a port and binds every interface (``[::]``), so
+    the server is built here with the SDK's own servicers (cogment 2.10.1, pinned) instead.
+    """
+    server = grpc.aio.server()
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        served_port = server.add_insecure_port(address)
+    except RuntimeError:
+        served_port = 0
+    if served_port == 0:
+        raise OSError(f"Cannot listen on {address}: the port is in use or the address is not this machine's; choose another with --port or --host")
+    if context._env_impls:
+        env_grpc_api.add_EnvironmentSPServicer_to_server(EnvironmentServicer(context._env_impls, cog_settings, prometheus_registry), server)
+    if context._actor_impls:
+        agent_grpc_api.add_ServiceActorSPServicer_to_server(AgentServicer(context._actor_impls, cog_settings, prometheus_registry), server)
+    return server, served_port
 
 
 def main() -> None:
     exit_with_parent()
     parser = argparse.ArgumentParser(prog="python -m apprentice.components", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=9001, help="gRPC port (default 9001, 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--model-registry", default=None, help="grpc:// endpoint of the model registry")
     parser.add_argument("--environment", action="append", default=[], type=Implementation.parse, help="NAME=CLASS")
     parser.add_argument("--actor", action="append", default=[], type=Implementation.parse, help="NAME=CLASS")
@@ -116,13 +136,16 @@ def main() -> None:
             args.environment,
             args.actor,
             args.model_registry,
-            on_ready=lambda port: print(f"Components ready on grpc://127.0.0.1:{port}", flush=True),
+            on_ready=lambda port: print(f"Components ready on grpc://{args.host}:{port}", flush=True),
+            host=args.host,
         )
 
     try:
         asyncio.run(run())
     except asyncio.CancelledError:
         pass
+    except OSError as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cogment
+import grpc
 from cogment.datastore import DatastoreSample, DatastoreTrialInfo
 
 from apprentice import cog_settings
@@ -30,6 +31,7 @@ RUN_ID_PROPERTY = "apprentice_run_id"
 CLIENT_IMPLEMENTATION = "client"  # an actor played by a client (the web page) instead of a service
 TRIAL_INFO_TIMEOUT = 10.0
 COMPONENTS_TIMEOUT = 60.0  # a crashed actor service being started again
+TEACHER_NOTICE_SECONDS = 1.5  # a trial still PENDING after this waits for its teacher's tab
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Endpoints:
     datastore: str
     model_registry: str
     components: str  # the environment and the service actors
+    web_page: str | None = None  # http://HOST:PORT of the teacher's page, when a person teaches
 
 
 class SampleProducerSession:
@@ -62,6 +65,20 @@ class SampleProducerSession:
 
 SampleProducer = Callable[[SampleProducerSession], Awaitable[None]]
 _TRIAL_DONE = object()
+
+
+class ServicesUnavailable(RuntimeError):
+    """The run's Cogment services stopped answering: no trial can start and no sample be read, so
+    the run stops (rather than failing every remaining trial)."""
+
+    @classmethod
+    def from_error(cls, error: BaseException) -> ServicesUnavailable | None:
+        """The run-ending form of ``error`` when it says the services cannot be reached, else None."""
+        if isinstance(error, ServicesUnavailable):
+            return error
+        if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE:
+            return cls(f"The Cogment services stopped answering ({error.details()})")
+        return None
 
 
 class RunSession:
@@ -147,6 +164,8 @@ class RunSession:
                 start_next()
             while trials_done < len(trials):
                 trial_id, trial_index, sample = await output.get()
+                if isinstance(sample, ServicesUnavailable):
+                    raise sample
                 if sample is _TRIAL_DONE:
                     trials_done += 1
                     if pending:
@@ -164,12 +183,32 @@ class RunSession:
             started = await self.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
             if not started:
                 raise RuntimeError(f"trial id {trial_id!r} is already in use: choose another run id")
-            trial_info = await self._trial_info(trial_id)
-            await sample_producer(SampleProducerSession(trial_info, trial_index, self.datastore, output))
-        except Exception:
-            log.exception("Trial %s failed; going on with the next one", trial_id)
+            notice = asyncio.create_task(self._say_if_waiting_for_teacher(trial_id)) if self.endpoints.web_page else None
+            try:
+                trial_info = await self._trial_info(trial_id)
+                await sample_producer(SampleProducerSession(trial_info, trial_index, self.datastore, output))
+            finally:
+                if notice is not None:
+                    notice.cancel()
+        except Exception as error:
+            lost = ServicesUnavailable.from_error(error)
+            if lost is not None:
+                output.put_nowait((trial_id, trial_index, lost))  # ends the run, with one message
+            else:
+                log.exception("Trial %s failed; going on with the next one", trial_id)
         finally:
             output.put_nowait((trial_id, trial_index, _TRIAL_DONE))
+
+    async def _say_if_waiting_for_teacher(self, trial_id: str) -> None:
+        """A trial still PENDING a moment after its start waits for its teacher's tab: say where to open it."""
+        await asyncio.sleep(TEACHER_NOTICE_SECONDS)
+        try:
+            infos = await self.controller.get_trial_info([trial_id])
+        except Exception as error:  # noqa: BLE001 - only a notice: the trial reports its own failures
+            log.debug("State of trial %s: %s", trial_id, error)
+            return
+        if infos and infos[0].state == cogment.TrialState.PENDING:
+            print(f"Trial {trial_id} is waiting for its teacher: open {self.endpoints.web_page}", flush=True)
 
     async def _trial_info(self, trial_id: str) -> DatastoreTrialInfo:
         """The datastore learns of a trial from the orchestrator's datalog, a moment after it starts."""

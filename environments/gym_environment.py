@@ -155,6 +155,7 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
             observations = [("*", observation)]
             environment_session.add_reward(value=float(reward), confidence=1.0, to=[f"{PLAYER_ACTOR_CLASS}.*"])
             if terminated or truncated or event.type == cogment.EventType.ENDING:
+                observation.final = True
                 environment_session.end(observations)
                 ended = True
             else:

@@ -4,22 +4,32 @@ Real processes on free ports: the Cogment services, the components (MountainCar 
 the simple_bc player with an untrained published model) and ``python -m web``. Each test opens
 the page in Debian's Chromium (Playwright), starts a trial with the run's own trial parameters
 (``SimpleBCTraining.trial_parameters``, human teacher) through the SDK controller, and checks what
-the trial datastore holds once the trial has ended.
+the trial datastore holds once the trial has ended. Tests of the server's own lifecycle and limits
+start a ``python -m web`` of their own, on the same services, playing the trials of another run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import http.client
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import urlopen
 
 import cogment
 import pytest
+import torch
 from conftest import start_services_process
 from omegaconf import OmegaConf
 
@@ -34,10 +44,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 RUN_ID = "web-test"
 ENV_ID = "MountainCar-v0"
 STEPS_PER_SECOND = 30
-MAX_STEPS = 200  # MountainCar-v0 truncates there; an untrained agent never reaches the flag before
+MAX_STEPS = 200  # MountainCar-v0 truncates there; the tests' agent never reaches the flag (publish_untrained_model)
 PUSH_RIGHT = 2
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
 TRIAL_INDEXES = itertools.count()
+ALLOWED_HOST = "teacher.lan"  # web.allowed_hosts of the stack's web server
+# The run's own settings (``make run``), so that the trials are the run's own.
+RUN_CONFIG = OmegaConf.load(PROJECT_ROOT / "config" / "experiment" / "simple_bc" / "mountain_car.yaml").run
 
 pytestmark = pytest.mark.timeout(300)
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: apt-get install -y chromium")
@@ -52,7 +65,7 @@ class Stack:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web.port}/"
+        return page_url(self.web)
 
     @property
     def endpoints(self) -> Endpoints:
@@ -60,13 +73,45 @@ class Stack:
         return Endpoints(endpoint, endpoint, endpoint, self.components.endpoint)
 
     def stats(self) -> dict:
-        with urlopen(self.url + "api/stats", timeout=5) as response:
-            return json.load(response)
+        return web_stats(self.web)
 
     def environment_steps(self, trial_id: str) -> int | None:
         """What the environment logged when the trial ended (``None`` while it has not)."""
         match = re.search(rf"Trial {re.escape(trial_id)} \([^)]*\): (\d+) steps", (self.log_dir / "components.log").read_text())
         return int(match[1]) if match else None
+
+
+def page_url(web: ChildServer) -> str:
+    return f"http://127.0.0.1:{web.port}/"
+
+
+def web_stats(web: ChildServer) -> dict:
+    with urlopen(page_url(web) + "api/stats", timeout=5) as response:
+        return json.load(response)
+
+
+async def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it is true; fail, saying ``what`` was awaited, after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not the case after {timeout:g} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+def start_web(services: ChildServer, log_path: Path, *args: str) -> ChildServer:
+    """``python -m web`` on a free port, on ``services``, at the tests' pace."""
+    web_args = ["--port", "0", "--orchestrator", services.endpoint, "--steps-per-second", str(STEPS_PER_SECOND), *args]
+    return start_python("web", ["-m", "web", *web_args], log_path)
+
+
+@contextlib.contextmanager
+def own_web(stack: Stack, run_id: str, *args: str) -> Iterator[ChildServer]:
+    """A web server of the test's own, playing the trials of ``run_id`` (the stack's one plays ``RUN_ID``)."""
+    web = start_web(stack.services, stack.log_dir / f"{run_id}.log", "--run-id", run_id, *args)
+    try:
+        yield web
+    finally:
+        web.stop()
 
 
 def model_id_for(env_id: str) -> str:
@@ -78,6 +123,11 @@ async def publish_untrained_model(model_registry_endpoint: str, env_id: str = EN
     context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
     registry = await context.get_model_registry_v2(cogment.Endpoint(model_registry_endpoint))
     model = SimpleBCModel(model_id_for(env_id), environment_specs(env_id), [64, 64])
+    # Its output layer zeroed, the agent always plays action 0 (on MountainCar, push left, which never
+    # reaches the flag): random weights may happen to swing the car up to the flag before MAX_STEPS.
+    output_layer = model.network[-1]
+    torch.nn.init.zeros_(output_layer.weight)
+    torch.nn.init.zeros_(output_layer.bias)
     await model.store(registry, **metrics)
     return model
 
@@ -95,11 +145,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
             "--actor", "simple_bc=actors.simple_bc.SimpleBCActor",
         ]
         started.append(start_python("components", ["-m", "apprentice.components", *components_args], tmp / "components.log"))
-        web_args = [
-            "--port", "0", "--orchestrator", services.endpoint, "--model-registry", services.endpoint,
-            "--steps-per-second", str(STEPS_PER_SECOND), "--run-id", RUN_ID,
-        ]
-        started.append(start_python("web", ["-m", "web", *web_args], tmp / "web.log"))
+        web_args = ["--model-registry", services.endpoint, "--run-id", RUN_ID, f"--allowed-host={ALLOWED_HOST}"]
+        started.append(start_web(services, tmp / "web.log", *web_args))
         asyncio.run(publish_untrained_model(services.endpoint))
         yield Stack(*started, log_dir=tmp)
     finally:
@@ -113,23 +160,38 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 class Trials:
     """Starts trials of the run with the run's own parameters, and reads them back from the datastore."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, run_id: str = RUN_ID, web_page: str | None = None) -> None:
         self.stack = stack
+        self.run_id = run_id
         self.context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
-        self.session = RunSession(RUN_ID, None, stack.endpoints, self.context, metrics=None)
+        endpoints = dataclasses.replace(stack.endpoints, web_page=web_page)
+        self.session = RunSession(run_id, None, endpoints, self.context, metrics=None)
 
-    async def start(self, env_id: str = ENV_ID, max_steps: int = 0) -> str:
-        index = next(TRIAL_INDEXES)  # the tests share the services: one run, trials one after another
-        trial_id = f"{RUN_ID}-trial-{index}"
-        cfg = {"env_id": env_id, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
-        params = SimpleBCTraining(OmegaConf.create(cfg)).trial_parameters(self.session, index)
+    def parameters(self, env_id: str = ENV_ID, max_steps: int = 0) -> tuple[str, cogment.TrialParameters]:
+        """A new trial's id and parameters: the run's own, with the run's model playing."""
+        index = next(TRIAL_INDEXES)  # the tests share the services: trials one after another
+        trial_id = f"{self.run_id}-trial-{index}"
+        cfg = OmegaConf.merge(RUN_CONFIG, {"env_id": env_id, "resume": None, "teacher": {"implementation": "client"}})
+        params = SimpleBCTraining(cfg).trial_parameters(self.session, index)
         params.max_steps = max_steps
         for actor in params.actors:
             config = actor.config
             config.model_id = model_id_for(env_id)
             actor.config = config
+        return trial_id, params
+
+    async def start(self, env_id: str = ENV_ID, max_steps: int = 0) -> str:
+        trial_id, params = self.parameters(env_id, max_steps)
         assert await self.session.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
         return trial_id
+
+    async def state(self, trial_id: str) -> cogment.TrialState:
+        (info,) = await self.session.controller.get_trial_info([trial_id])
+        return info.state
+
+    async def stored_samples(self, trial_id: str) -> int:
+        (info,) = await self.session.datastore.get_trials([trial_id])
+        return info.sample_count
 
     async def wait_ended(self, trial_id: str, timeout: float = 60.0) -> int:
         """Steps the environment played; fails unless the trial ends by itself within ``timeout``."""
@@ -142,10 +204,10 @@ class Trials:
     async def teacher_actions(self, trial_id: str) -> list[int | None]:
         """The teacher's action at each tick (None: NO-OP), from the datastore, final tick left out."""
         datastore = self.context.get_datastore(cogment.Endpoint(self.stack.services.endpoint))
-        for _ in range(50):  # the datastore has the last samples a moment after the trial ends
-            infos = await datastore.get_trials([trial_id])
-            if infos and infos[0].trial_state == cogment.TrialState.ENDED:
-                break
+        deadline = time.monotonic() + 30
+        # The datastore has the last samples a moment after the trial ends.
+        while not ((infos := await datastore.get_trials([trial_id])) and infos[0].trial_state == cogment.TrialState.ENDED):
+            assert time.monotonic() < deadline, f"trial {trial_id} is not ENDED in the datastore after 30 s"
             await asyncio.sleep(0.1)
         actions = []
         async for sample in datastore.all_samples(infos):
@@ -187,13 +249,13 @@ CanvasRenderingContext2D.prototype.drawImage = function (...args) {
 """
 
 
-async def open_page(browser, stack: Stack, expected_role: str, init_script: str | None = None):
-    """A new tab (own context: own sessionStorage) on the page, once the server has given it a role."""
+async def open_page(browser, stack: Stack, expected_role: str, init_script: str | None = None, url: str | None = None):
+    """A new tab (own context: own sessionStorage) on the page (the stack's, or ``url``), once the server has given it a role."""
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     if init_script:
         await context.add_init_script(init_script)
     page = await context.new_page()
-    await page.goto(stack.url)
+    await page.goto(url or stack.url)
     await page.wait_for_function("(role) => document.getElementById('role').dataset.role === role", arg=expected_role)
     return page
 
@@ -264,7 +326,7 @@ async def test_pause_stops_the_trial_and_resume_goes_on(stack, trials, browser):
     await page.keyboard.press("p")
     await page.wait_for_function("document.getElementById('overlay-title').textContent === 'Paused'", timeout=5000)
     paused_at = await displayed_step(page)
-    await asyncio.sleep(1.0)  # 30 steps at the page's pace, had it not paused
+    await asyncio.sleep(1.0)  # the scenario, not a wait: 30 steps at the page's pace, had it not paused
     assert await displayed_step(page) <= paused_at + 1
     await page.keyboard.press("p")
     await wait_step(page, paused_at + 10)
@@ -321,7 +383,8 @@ async def test_a_reloaded_teacher_tab_keeps_its_seat(stack, browser):
     observer = await open_page(browser, stack, "observer")
     await teacher.reload()
     await teacher.wait_for_function("document.getElementById('role').dataset.role === 'teacher'")
-    await asyncio.sleep(0.3)
+    # Once the old page's socket has closed (one observer left), the observer is still an observer.
+    await observer.wait_for_function("document.getElementById('audience').textContent === '1'")
     assert await observer.get_attribute("#role", "data-role") == "observer"
 
     await teacher.context.close()  # the seat is free: an observer may take it
@@ -348,8 +411,12 @@ async def test_bad_websocket_input_is_dropped_and_counted_and_the_trial_goes_on(
         await ws.send('{"t": "input", "a": 7, "p": false}')  # MountainCar has actions 0..2
         for _ in range(300):  # far faster than 30 steps/s
             await ws.send('{"t": "input", "a": null, "p": false}')
-        await asyncio.sleep(0.5)
         assert await trials.wait_ended(trial_id) == MAX_STEPS
+
+    def counted(kind: str) -> int:
+        return stack.stats()["dropped"].get(kind, 0) - before.get(kind, 0)
+
+    await wait_until(lambda: counted("malformed") >= 6 and counted("unknown_action") >= 1, "the bad messages are counted")
     dropped = stack.stats()["dropped"]
     assert dropped.get("foreign_origin", 0) > before.get("foreign_origin", 0)
     assert dropped.get("malformed", 0) - before.get("malformed", 0) == 6
@@ -494,6 +561,198 @@ def test_the_screenshot_shows_the_rendered_environment(stack):
     assert colours is None or len(colours) > 20, "the frame area is blank"
 
 
+# --- who may connect: host names and the cap on tabs ---------------------------------------------------
+
+
+def http_status(port: int, path: str, host: str) -> int:
+    """The status of ``GET path`` on 127.0.0.1:``port`` with ``host`` in the Host header (as a rebound name gives it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def websocket_handshake_status(port: int, host: str, origin: str) -> int:
+    """The HTTP status of a WebSocket handshake with these Host and Origin headers (101: accepted)."""
+    request = (
+        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_only_the_names_the_server_serves_get_the_page_or_the_websocket(stack):
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 gives its own name in the Host header."""
+    port = stack.web.port
+    for path in ["/", "/static/app.js", "/api/stats"]:
+        assert http_status(port, path, f"evil.example:{port}") == 400, path
+        for host in [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"{ALLOWED_HOST}:{port}", "localhost"]:
+            assert http_status(port, path, host) == 200, (path, host)
+    evil = f"evil.example:{port}"
+    assert websocket_handshake_status(port, evil, f"http://{evil}") == 400  # Host and Origin agree, but not ours
+    assert websocket_handshake_status(port, f"localhost:{port}", f"http://{evil}") == 403  # the same-origin check stays
+    assert websocket_handshake_status(port, f"localhost:{port}", f"http://localhost:{port}") == 101
+
+
+def test_a_bad_allowed_host_stops_the_web_server_with_the_setting_to_fix():
+    result = subprocess.run(
+        [sys.executable, "-m", "web", "--orchestrator", "grpc://127.0.0.1:1", "--port", "0", "--allowed-host", "http://teacher.lan:8080"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "web.allowed_hosts: 'http://teacher.lan:8080' is not a host name" in result.stderr, result.stderr
+
+
+async def open_tab(url: str, origin: str, token: str):
+    """A WebSocket as the page opens it, and the role the server gave it (from its hello)."""
+    from websockets.asyncio.client import connect
+
+    ws = await connect(f"{url}?token={token}", origin=origin)
+    async for message in ws:
+        if isinstance(message, str) and (hello := json.loads(message))["t"] == "hello":
+            return ws, hello["role"]
+    raise AssertionError("the server closed the tab before its hello")
+
+
+async def refused(url: str, origin: str, token: str) -> bool:
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        ws, _role = await open_tab(url, origin, token)
+    except InvalidStatus as error:
+        return error.response.status_code == 403
+    await ws.close()
+    return False
+
+
+async def test_tabs_beyond_the_cap_are_refused_and_the_teachers_tab_always_gets_in(stack):
+    """A flood of tabs would slow the trial (a frame per tab per step): refused; the teacher's seat is never lost to it."""
+    with own_web(stack, f"{RUN_ID}-cap", "--max-connections", "3") as web:
+        url, origin = f"ws://127.0.0.1:{web.port}/ws", f"http://127.0.0.1:{web.port}"
+        teacher, role = await open_tab(url, origin, "teachers-token")
+        assert role == "teacher"
+        observers = [await open_tab(url, origin, f"observer-{i}") for i in range(2)]
+        assert [role for _ws, role in observers] == ["observer", "observer"]
+
+        flood = await asyncio.gather(*(refused(url, origin, f"flood-{i}") for i in range(100)))
+        assert all(flood), f"{flood.count(False)} of 100 extra tabs got in"
+        stats = web_stats(web)
+        assert stats["dropped"]["too_many_tabs"] == 100 and stats["tabs"] == 3
+
+        # The teacher's tab reloaded (its token), while its old socket is still open: it gets in, as the teacher.
+        reloaded, role = await open_tab(url, origin, "teachers-token")
+        assert role == "teacher"
+        await teacher.close()
+        await reloaded.close()
+        # The seat is free: the next tab takes it, though observers fill every other place.
+        await wait_until(lambda: not web_stats(web)["teacher_present"], "the teacher's tab has closed")
+        newcomer, role = await open_tab(url, origin, "newcomer")
+        assert role == "teacher"
+        for ws in [newcomer, *(ws for ws, _role in observers)]:
+            await ws.close()
+
+
+# --- stopping: SIGTERM, whatever the server is doing -------------------------------------------------------
+
+
+def assert_stops_on_sigterm_within_5_s(web: ChildServer) -> None:
+    """SIGTERM: the process is gone within 5 s, by its clean path, and its port can be bound again."""
+    started = time.monotonic()
+    web.process.send_signal(signal.SIGTERM)
+    try:
+        code = web.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("python -m web still runs 15 s after SIGTERM")
+    elapsed = time.monotonic() - started
+    # uvicorn re-raises the SIGTERM once it has stopped; the last-resort deadline would exit with 1.
+    assert code == -signal.SIGTERM, f"exit code {code} after {elapsed:.1f} s: not the clean stop (see {web.name}'s log)"
+    assert elapsed < 5, f"stopped only {elapsed:.1f} s after SIGTERM"
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as python -m web binds it
+        sock.bind(("127.0.0.1", web.port))
+
+
+async def test_sigterm_stops_a_web_server_that_plays_a_trial(stack):
+    run_id = f"{RUN_ID}-sigterm-trial"
+    with own_web(stack, run_id) as web:
+        trials = Trials(stack, run_id)
+        trial_id = await trials.start()
+        await wait_until(lambda: (web_stats(web)["step"] or 0) >= 5, "the web server plays the trial's teacher")
+        assert_stops_on_sigterm_within_5_s(web)
+    assert await trials.wait_ended(trial_id) == MAX_STEPS  # without its teacher, the trial goes on with NO-OP
+
+
+async def test_sigterm_stops_a_web_server_with_an_open_tab(stack):
+    with own_web(stack, f"{RUN_ID}-sigterm-tab") as web:
+        ws, role = await open_tab(f"ws://127.0.0.1:{web.port}/ws", f"http://127.0.0.1:{web.port}", "a-tab")
+        assert role == "teacher"
+        assert_stops_on_sigterm_within_5_s(web)
+        await ws.close()
+
+
+# --- a run that waits for its teacher ---------------------------------------------------------------------
+
+
+async def count_samples(session) -> None:
+    async for _sample in session.all_trial_samples():
+        session.produce_sample(1)
+
+
+async def play(run: AsyncIterator) -> None:
+    """Runs ``RunSession.start_and_await_trials`` to its end, as a run implementation does."""
+    async for _item in run:
+        pass
+
+
+@needs_chromium
+async def test_with_wait_for_teacher_no_trial_starts_before_a_teachers_tab_is_open(stack, browser, capsys):
+    run_id = f"{RUN_ID}-wait"
+    with own_web(stack, run_id, "--wait-for-teacher") as web:
+        url = page_url(web)
+        trials = Trials(stack, run_id, web_page=url)
+        # The run starts a trial (as main does) while no tab is open: it stays PENDING, and the console and page say why.
+        first, params = trials.parameters(max_steps=60)
+        run = asyncio.create_task(play(trials.session.start_and_await_trials([(first, params)], count_samples)))
+        printed: list[str] = []
+        notice = f"Trial {first} is waiting for its teacher: open {url}"
+
+        def console() -> str:
+            """What the run has printed so far."""
+            printed.append(capsys.readouterr().out)
+            return "".join(printed)
+
+        try:
+            await wait_until(lambda: web_stats(web)["phase"] == "waiting_for_teacher", "the page says the trial waits for its teacher")
+            await wait_until(lambda: notice in console(), "the console says so")
+            await asyncio.sleep(2.0)  # the scenario, not a wait: 60 steps at the page's pace, had it not waited
+            assert await trials.state(first) == cogment.TrialState.PENDING
+            assert await trials.stored_samples(first) == 0
+
+            # The first tab is seated as the teacher, and the trial starts at once.
+            teacher = await open_page(browser, stack, "teacher", url=url)
+            await wait_step(teacher, 5)
+            observer = await open_page(browser, stack, "observer", url=url)
+            await teacher.context.close()  # the trial goes on without its teacher (NO-OP)...
+            await asyncio.wait_for(run, 60)
+            assert await trials.wait_ended(first) >= 60  # max_steps: the orchestrator ends it there
+            await wait_until(lambda: not web_stats(web)["teacher_present"], "the server has seen the teacher's tab close")
+            # ... and the next one waits for a teacher again: the observer sees why.
+            second = await trials.start(max_steps=30)
+            await observer.wait_for_function("document.getElementById('overlay-title').textContent === 'Waiting for the teacher'")
+            assert await trials.state(second) == cogment.TrialState.PENDING
+            await observer.click("#claim")  # the observer takes the seat: the trial starts
+            await wait_step(observer, 5)
+            assert await trials.wait_ended(second) >= 30
+            await observer.context.close()
+        finally:
+            run.cancel()
+    assert console().count(notice) == 1, "said once per trial"
+
+
 # --- the server's rules, without processes ---------------------------------------------------------------
 
 
@@ -541,6 +800,51 @@ async def test_a_tap_between_two_steps_is_still_played_and_the_seat_follows_the_
     assert hub.is_running() and hub.teacher_tab is None
     hub.receive(second, '{"t": "claim"}')
     assert second.role == TEACHER
+
+
+async def test_the_tabs_are_capped_but_the_teachers_seat_never_is():
+    from web.hub import OBSERVER, TEACHER, Hub
+
+    hub = Hub(steps_per_second=30, max_tabs=3)
+    teacher = hub.connect("aaa")
+    observers = [hub.connect("bbb"), hub.connect("")]
+    assert [tab.role for tab in (teacher, *observers)] == [TEACHER, OBSERVER, OBSERVER]
+    assert not hub.admits("") and not hub.admits("ccc")
+    assert hub.dropped["too_many_tabs"] == 2
+    assert hub.admits("aaa")  # the teacher's tab, reloaded
+    hub.disconnect(teacher)
+    assert hub.admits("ddd")  # the seat is free: the next tab takes it
+    assert hub.connect("ddd").role == TEACHER
+
+
+async def test_the_page_says_a_trial_waits_for_its_teacher_until_one_is_seated():
+    from web.hub import RUNNING, WAITING, WAITING_FOR_TEACHER, Hub
+    from web.keymaps import DEFAULT_KEY_MAPS
+
+    hub = Hub(steps_per_second=30)
+    assert hub.status()["phase"] == WAITING
+    with hub.trial_waiting_for_teacher("run-trial-0"):
+        assert hub.status()["phase"] == WAITING_FOR_TEACHER
+        waiting = asyncio.create_task(hub.wait_for_teacher())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        tab = hub.connect("aaa")
+        await asyncio.wait_for(waiting, 1)
+        assert hub.status()["phase"] == WAITING  # seated: the trial is being joined
+        hub.disconnect(tab)
+        assert hub.status()["phase"] == WAITING_FOR_TEACHER
+    hub.trial_started("run-trial-0", 1, ENV_ID, 3, DEFAULT_KEY_MAPS[ENV_ID])
+    assert hub.status()["phase"] == RUNNING
+
+
+def test_the_served_host_names():
+    from web.app import served_hosts
+
+    assert served_hosts("127.0.0.1", []) == ["127.0.0.1", "localhost", "[::1]"]
+    assert served_hosts("::", ["Teacher.LAN", "::1", "*.example.com"]) == ["127.0.0.1", "localhost", "[::1]", "[::]", "teacher.lan", "*.example.com"]
+    for bad in ["http://teacher.lan", "teacher.lan:8080", "*", "evil.*", "a b"]:
+        with pytest.raises(ValueError, match=r"web\.allowed_hosts"):
+            served_hosts("127.0.0.1", [bad])
 
 
 def test_key_maps_from_config():

@@ -2,19 +2,27 @@
 
 One tab is the teacher: the first to connect, or the tab that reloads with the teacher's token
 (kept in the tab's ``sessionStorage``), or an observer that claims the seat while it is free. Every
-other tab is a read-only observer. The teacher actor (``teacher.py``) reads the input here and
-publishes each observation here; it never waits on a tab: each tab has its own sender that only
-ever sends the *latest* frame, so a slow or stalled tab skips frames instead of slowing a trial.
+other tab is a read-only observer.
+
+The tabs are capped (``max_tabs``): each one costs a frame per step, and a flood of them would slow
+the trial. The last place is kept for the teacher: once ``max_tabs - 1`` observers are open, new
+observers are refused, while the teacher's tab (or its reload, with its token) always gets in. The
+seat itself is first come, first served, as ever: a tab that opens while it is free takes it.
+
+The teacher actor (``teacher.py``) reads the input here and publishes each observation here; it
+never waits on a tab: each tab has its own sender that only ever sends the *latest* frame, so a
+slow or stalled tab skips frames instead of slowing a trial.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +33,12 @@ log = logging.getLogger(__name__)
 
 TEACHER, OBSERVER = "teacher", "observer"
 MAX_HISTORY = 50  # finished trials listed on the page
+DEFAULT_MAX_TABS = 32
+
+# The page's phases (``status()["phase"]``).
+RUNNING = "running"  # a trial is being played
+WAITING = "waiting"  # for the run's next trial
+WAITING_FOR_TEACHER = "waiting_for_teacher"  # a trial is ready and waits for a teacher's tab
 
 
 class Tab:
@@ -90,12 +104,15 @@ class TrialView:
 class Hub:
     """Shared by the web app (tabs) and the teacher actor (trials), on one event loop."""
 
-    def __init__(self, steps_per_second: float) -> None:
+    def __init__(self, steps_per_second: float, max_tabs: int = DEFAULT_MAX_TABS) -> None:
         self.steps_per_second = steps_per_second
+        self.max_tabs = max_tabs  # the teacher's tab included
         self.tabs: dict[int, Tab] = {}
         self.teacher_tab: Tab | None = None
         self.teacher_token: str | None = None
-        self.dropped: Counter[str] = Counter()  # why tab messages were dropped
+        self._teacher_seated = asyncio.Event()  # set while a tab holds the teacher's seat
+        self._waiting_for_teacher: set[str] = set()  # trials that wait for a teacher's tab to be joined
+        self.dropped: Counter[str] = Counter()  # why tab messages, or tabs, were dropped
         self.orchestrator = "connecting"
         self.trial: TrialView | None = None
         self.history: list[dict[str, Any]] = []
@@ -112,6 +129,18 @@ class Hub:
         self._status_seq = 0  # the page never shows an older status over a newer one
 
     # -- tabs ----------------------------------------------------------------------------------------
+
+    def admits(self, token: str) -> bool:
+        """Whether a new tab with ``token`` may open: always as the teacher, as an observer while there is room.
+
+        A refused tab is counted in ``dropped["too_many_tabs"]``.
+        """
+        would_teach = self.teacher_tab is None or (bool(token) and token == self.teacher_token)
+        observers = sum(tab.role == OBSERVER for tab in self.tabs.values())
+        if would_teach or observers < self.max_tabs - 1:
+            return True
+        self.dropped["too_many_tabs"] += 1
+        return False
 
     def connect(self, token: str) -> Tab:
         """A new tab. It is the teacher if it is the teacher's tab reloaded, or if the seat is free."""
@@ -146,6 +175,7 @@ class Hub:
         self.tabs.pop(tab.tab_id, None)
         if tab is self.teacher_tab:
             self.teacher_tab = None
+            self._teacher_seated.clear()
             self._held = None  # a demonstration already received (the latch) is still played
             self._set_paused(False)
         self.broadcast_status()
@@ -154,7 +184,29 @@ class Hub:
         tab.role = TEACHER
         self.teacher_tab = tab
         self.teacher_token = tab.token or None
+        self._teacher_seated.set()
         tab.push_control({"t": "role", "role": TEACHER})
+
+    def teacher_present(self) -> bool:
+        return self.teacher_tab is not None
+
+    async def wait_for_teacher(self) -> None:
+        """Until a tab holds the teacher's seat (at once if one does)."""
+        await self._teacher_seated.wait()
+
+    @contextlib.contextmanager
+    def trial_waiting_for_teacher(self, trial_id: str) -> Iterator[None]:
+        """While inside, the page says that ``trial_id`` waits for its teacher (when no teacher is seated)."""
+        self._waiting_for_teacher.add(trial_id)
+        self.broadcast_status()
+        try:
+            yield
+        finally:
+            self._waiting_for_teacher.discard(trial_id)
+            self.broadcast_status()
+
+    def is_waiting_for_teacher(self, trial_id: str) -> bool:
+        return trial_id in self._waiting_for_teacher
 
     def receive(self, tab: Tab, text: str | bytes | None) -> None:
         """A message from a tab; anything unusable is dropped and counted, never raised."""
@@ -284,10 +336,17 @@ class Hub:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
+    def phase(self) -> str:
+        if self.trial is not None:
+            return RUNNING
+        if self._waiting_for_teacher and self.teacher_tab is None:
+            return WAITING_FOR_TEACHER
+        return WAITING
+
     def status(self) -> dict[str, Any]:
         trial = self.trial
         return {
-            "phase": "running" if trial else "waiting",
+            "phase": self.phase(),
             "trial_id": trial.trial_id if trial else None,
             "trial": trial.trial_number if trial else None,
             "env_id": trial.env_id if trial else None,

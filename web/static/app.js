@@ -171,10 +171,13 @@ function render() {
   pause.classList.toggle("on", paused);
   setText(pause.firstChild, paused ? "Resume " : "Pause ");
 
-  // The overlay says why the picture is not moving: no link, no trial, or paused.
+  // The overlay says why the picture is not moving: no link, no teacher yet, no trial, or paused.
   let title = "", detail = "";
   if (!connected) { title = "Connection lost"; detail = "Reconnecting to the web server…"; }
-  else if ((!s || !running) && state.training && state.training.run_finished) {
+  else if (s && s.phase === "waiting_for_teacher") {
+    title = "Waiting for the teacher";
+    detail = "The next trial starts as soon as a teacher is here: take the teacher's seat to teach it.";
+  } else if ((!s || !running) && state.training && state.training.run_finished) {
     title = "Run finished";
     detail = runSummary();
   } else if (!s || !running) {
