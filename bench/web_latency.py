@@ -177,8 +177,10 @@ async def measure(
     context = cogment.Context(user_id="bench", cog_settings=cog_settings)
     endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, components.endpoint)
     session = RunSession(RUN_ID, None, endpoints, context, metrics=None)
-    cfg = {"env_id": ENV_ID, "seed": 0, "player": {"implementation": "simple_bc"}, "teacher": {"implementation": "client"}}
-    params = SimpleBCTraining(OmegaConf.create(cfg)).trial_parameters(session, trial_number)
+    # The run's own settings (make run's experiment), with the person in the browser as teacher.
+    run_config = OmegaConf.load(PROJECT_ROOT / "config" / "experiment" / "simple_bc" / "mountain_car.yaml").run
+    cfg = OmegaConf.merge(run_config, {"env_id": ENV_ID, "resume": None, "teacher": {"implementation": "client"}})
+    params = SimpleBCTraining(cfg).trial_parameters(session, trial_number)
     environment_config = params.environment_config
     environment_config.frame_format = frame_format
     environment_config.make_kwargs_json = '{"max_episode_steps": 100000}'  # the trial lasts the whole window
