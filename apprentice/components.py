@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from apprentice import cog_settings
 from apprentice.launcher import exit_with_parent
+from apprentice.services.bad_requests import RejectBadRequests
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def bind_server(context: cogment.Context, prometheus_registry: CollectorRegistry
     The SDK's ``serve_all_registered`` takes only a port and binds every interface (``[::]``), so
     the server is built here with the SDK's own servicers (cogment 2.10.1, pinned) instead.
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[RejectBadRequests()])
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         served_port = server.add_insecure_port(address)

@@ -9,6 +9,7 @@ unchanged, and an application can move to the official services by changing endp
 - ``datastore``: DatalogSP (trial samples in) and TrialDatastoreSP (trial samples out).
 - ``model_registry``: ModelRegistrySP.
 - ``server``: all of the above on one gRPC port (``python -m apprentice.services``).
-- ``decoding``: requests that are not their method's message get INVALID_ARGUMENT, logged sparingly.
+- ``bad_requests``: requests that are not their method's message, or lack the metadata it needs, get
+  INVALID_ARGUMENT; a method that fails gets INTERNAL; either is logged once per kind a minute.
 - ``common``: Version/Status answers, metadata, paging handles, server options.
 """

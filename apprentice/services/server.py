@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 
+from apprentice.services.bad_requests import RejectBadRequests
 from apprentice.services.common import server_options
 from apprentice.services.datastore import TrialDatastore
-from apprentice.services.decoding import RejectUndecodableRequests
 from apprentice.services.model_registry import ModelRegistry
 from apprentice.services.orchestrator import Orchestrator
 
@@ -57,7 +57,7 @@ async def start_services(
     """
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
-    server = grpc.aio.server(options=list(server_options()), interceptors=[RejectUndecodableRequests()])
+    server = grpc.aio.server(options=list(server_options()), interceptors=[RejectBadRequests()])
     try:
         bound_port = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpc raises when the address cannot be bound

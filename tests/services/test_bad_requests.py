@@ -29,7 +29,8 @@ from cogment.api import (
 )
 from conftest import ServicesProcess, free_port
 
-from apprentice.services.decoding import RateLimitedLog
+from apprentice.launcher import start_python
+from apprentice.services.bad_requests import RateLimitedLog
 from apprentice.services.orchestrator import Orchestrator
 from apprentice.services.orchestrator.params import MAX_ACTORS, MAX_TIMEOUT_SECONDS
 from apprentice.services.server import start_services
@@ -124,6 +125,35 @@ async def test_undecodable_requests_get_invalid_argument_and_one_log_line(servic
     for method in calls:
         assert log.count(f"Refused a call of {method}") <= 1, log
     assert log.count("Refused a call of /cogmentAPI.TrialLifecycleSP/StartTrial") == 1, log
+
+
+async def test_the_components_refuse_bad_requests_with_invalid_argument_and_one_log_line(tmp_path: Path) -> None:
+    """The SDK's environment and actor servicers behind ``python -m apprentice.components``: garbage
+    and a RunTrial without its trial id got UNKNOWN and a traceback per call before."""
+    log_path = tmp_path / "components.log"
+    arguments = ["--port", "0", "--environment", "gym=environments.gym_environment.GymEnvironment",
+                 "--actor", "simple_bc=actors.simple_bc.SimpleBCActor"]  # fmt: skip
+    components = start_python("components", ["-m", "apprentice.components", *arguments], log_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{components.port}") as channel:
+
+            async def requests():
+                yield NOT_A_MESSAGE
+
+            for service in ("EnvironmentSP", "ServiceActorSP"):
+                for _ in range(20):
+                    code, details = await status_of(channel.unary_unary(f"/cogmentAPI.{service}/Version")(NOT_A_MESSAGE))
+                    assert code == grpc.StatusCode.INVALID_ARGUMENT, (service, code, details)
+                    code, details = await status_of(channel.stream_stream(f"/cogmentAPI.{service}/RunTrial")(requests()))
+                    assert code == grpc.StatusCode.INVALID_ARGUMENT, (service, code, details)
+                    assert "'trial-id' metadata" in details, details
+            version = await channel.unary_unary("/cogmentAPI.EnvironmentSP/Version")(common_pb2.VersionRequest().SerializeToString())
+            assert version  # still serving
+    finally:
+        components.stop()
+    log = log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("Refused a call of") == 4, log  # a line per method and kind of error
 
 
 def test_rate_limited_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,10 +1,17 @@
-"""Requests whose bytes are not the method's message: INVALID_ARGUMENT, and a quiet log.
+"""Bad requests get a clear status and a quiet log, on every gRPC port Apprentice serves.
 
 gRPC deserializes every request before (unary) or while (streaming) the servicer method runs; a
-``DecodeError`` there becomes UNKNOWN with a full traceback in the log, once per call. This server
-interceptor is the one place where that is handled for every service of the port: it wraps each
-method's deserializer and method so that such a call ends with INVALID_ARGUMENT and a message
-naming the expected message type, and logs at most one line per method per ``LOG_INTERVAL``.
+``DecodeError`` there becomes UNKNOWN with a full traceback in the log, once per call. The same
+happens with any exception a method lets out, e.g. the SDK's environment and actor servicers
+(``apprentice.components``) on a RunTrial call without its ``trial-id`` metadata. This server
+interceptor is the one place where that is handled, for the services and the components alike:
+
+- a request whose bytes are not the method's message: INVALID_ARGUMENT naming the message type;
+- a trial stream (``TRIAL_STREAMS``) without ``trial-id`` metadata: INVALID_ARGUMENT;
+- any other exception out of a method: INTERNAL;
+
+and the log gets at most one line per method and kind of error per ``LOG_INTERVAL`` (the first
+unexpected exception of a kind with its traceback, for whoever has to fix it).
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ from google.protobuf.message import DecodeError
 log = logging.getLogger(__name__)
 
 LOG_INTERVAL = 60.0  # seconds: at most one log line per kind of bad request in this time
+TRIAL_ID_METADATA = "trial-id"
+# The streams that serve one trial, named by the metadata key above (the protocol notes, §4).
+TRIAL_STREAMS = frozenset(
+    {
+        "/cogmentAPI.ServiceActorSP/RunTrial",
+        "/cogmentAPI.EnvironmentSP/RunTrial",
+        "/cogmentAPI.DatalogSP/RunTrialDatalog",
+    }
+)
 
 
 class RateLimitedLog:
@@ -34,7 +50,7 @@ class RateLimitedLog:
         self._quiet_until: dict[Hashable, float] = {}
         self._suppressed: dict[Hashable, int] = {}
 
-    def warning(self, kind: Hashable, message: str) -> None:
+    def warning(self, kind: Hashable, message: str, exc_info: BaseException | None = None) -> None:
         now = self._clock()
         if now < self._quiet_until.get(kind, float("-inf")):
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
@@ -43,7 +59,7 @@ class RateLimitedLog:
         if suppressed:
             message += f" ({suppressed} more like it since the last such line, not logged)"
         self._quiet_until[kind] = now + self._interval
-        self._logger.warning("%s", message)
+        self._logger.warning("%s", message, exc_info=exc_info)
 
 
 class UndecodableRequest(DecodeError):
@@ -61,8 +77,8 @@ class _Undecodable:
     error: UndecodableRequest
 
 
-class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
-    """Server interceptor: undecodable requests end with INVALID_ARGUMENT, logged with a rate limit."""
+class RejectBadRequests(grpc.aio.ServerInterceptor):
+    """Server interceptor: bad requests and failed methods end with a status, logged with a rate limit."""
 
     def __init__(self, interval: float = LOG_INTERVAL) -> None:
         self._log = RateLimitedLog(log, interval)
@@ -74,10 +90,21 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_deserializer is None:
             return handler
         method = handler_call_details.method
+        if method in TRIAL_STREAMS and not any(key == TRIAL_ID_METADATA for key, _ in handler_call_details.invocation_metadata or ()):
+            return self._missing_trial_id(method, handler)
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
             cached = self._wrapped[method] = (handler, self._wrap(method, handler))
         return cached[1]
+
+    def _missing_trial_id(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        async def reject(_requests, context: grpc.aio.ServicerContext) -> None:
+            self._log.warning((method, TRIAL_ID_METADATA), f"Refused a call of {method}: no {TRIAL_ID_METADATA!r} metadata")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} serves one trial: give its id in the {TRIAL_ID_METADATA!r} metadata")
+
+        return grpc.stream_stream_rpc_method_handler(
+            reject, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
     def _wrap(self, method: str, handler) -> grpc.RpcMethodHandler:
         deserialize = handler.request_deserializer
@@ -99,6 +126,10 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
                 f"{error}: send messages built with the protos of the cogment SDK (cogment.api)",
             )
 
+        async def fail(context: grpc.aio.ServicerContext, error: Exception) -> None:
+            self._log.warning((method, type(error)), f"A call of {method} failed: {type(error).__name__}: {error}", exc_info=error)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed ({type(error).__name__}); the server's log says more")
+
         field = _behavior_field(handler)
         behavior = getattr(handler, field)
         if not (inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)):
@@ -113,6 +144,10 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
                         yield reply
                 except UndecodableRequest as error:
                     await reject(context, error)
+                except grpc.aio.AbortError:
+                    raise  # the method ended the call with a status of its own
+                except Exception as error:  # noqa: BLE001 - any failure: INTERNAL, logged once per kind
+                    await fail(context, error)
 
         else:
 
@@ -123,6 +158,10 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
                     return await behavior(request, context)
                 except UndecodableRequest as error:
                     await reject(context, error)
+                except grpc.aio.AbortError:
+                    raise  # the method ended the call with a status of its own
+                except Exception as error:  # noqa: BLE001 - any failure: INTERNAL, logged once per kind
+                    await fail(context, error)
 
         return handler._replace(request_deserializer=decode, **{field: guarded})
 
