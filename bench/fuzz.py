@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -38,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -88,6 +90,19 @@ def trial_pace(trials: list[list[int]], since_ns: int, until_ns: int) -> tuple[f
         ticks += len(inside)
         longest_gap = max([longest_gap, *((after - before) / 1e9 for before, after in itertools.pairwise(inside))])
     return ticks / ((until_ns - since_ns) / 1e9), longest_gap
+
+
+async def trial_running(stats_url: str, timeout: float = 120.0) -> None:
+    """Until the page's stats say that a trial is being played."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            stats = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(stats_url, timeout=5)))
+            if stats.get("phase") == "running":
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no trial played within {timeout:g} s ({stats_url})")
+        await asyncio.sleep(0.2)
 
 
 # --- 1. WebSocket -----------------------------------------------------------------------------------
@@ -230,12 +245,17 @@ async def grpc_call(channel: grpc.aio.Channel, path: str, client_streaming: bool
     CALL_TIMEOUT, "stream open" for a stream with nothing to send within that time (a watch)."""
     try:
         if client_streaming:
-            call = channel.stream_stream(path)(iter([payload]), timeout=CALL_TIMEOUT)
-            async for _ in call:
-                break
+            # Written by hand: with a request iterator, a server that refuses the call before reading
+            # it races the client's write, which then reports INTERNAL instead of the server's status.
+            call = channel.stream_stream(path)(timeout=CALL_TIMEOUT)
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await call.write(payload)
+                await call.done_writing()
+            reply = await call.read()
+            if reply is grpc.aio.EOF:
+                return (await call.code()).name
             call.cancel()
-            code = await call.code()
-            return "OK (answered)" if code == grpc.StatusCode.CANCELLED else code.name
+            return "OK (answered)"
         if server_streaming:
             call = channel.unary_stream(path)(payload, timeout=CALL_TIMEOUT)
             async for _ in call:
@@ -309,6 +329,7 @@ async def fuzz(args: argparse.Namespace, work_dir: Path) -> None:
         host_port = f"127.0.0.1:{job.web_port}"
         url = f"ws://{host_port}/ws"
         teacher = await websockets.connect(url, origin=f"http://{host_port}")  # the first tab takes the seat
+        await trial_running(f"http://{host_port}/api/stats")
         await asyncio.sleep(args.baseline_seconds)  # the trials run undisturbed: the reference pace
         phases["baseline"] = (time.time_ns() - int(args.baseline_seconds * 1e9), time.time_ns())
         rss_before, lines_before = job.rss_by_role(), log_lines(job.log_dir)

@@ -16,6 +16,8 @@ unexpected exception of a kind with its traceback, for whoever has to fix it).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LOG_INTERVAL = 60.0  # seconds: at most one log line per kind of bad request in this time
 TRIAL_ID_METADATA = "trial-id"
+REQUEST_DRAIN_SECONDS = 1.0  # how long a refused stream waits for the client's first message
 # The streams that serve one trial, named by the metadata key above (the protocol notes, §4).
 TRIAL_STREAMS = frozenset(
     {
@@ -98,8 +101,12 @@ class RejectBadRequests(grpc.aio.ServerInterceptor):
         return cached[1]
 
     def _missing_trial_id(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        async def reject(_requests, context: grpc.aio.ServicerContext) -> None:
+        async def reject(requests, context: grpc.aio.ServicerContext) -> None:
             self._log.warning((method, TRIAL_ID_METADATA), f"Refused a call of {method}: no {TRIAL_ID_METADATA!r} metadata")
+            # Read what the client sent first: a call refused while the client still writes ends,
+            # on the client's side, with INTERNAL instead of the status below.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(aiter(requests)), REQUEST_DRAIN_SECONDS)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} serves one trial: give its id in the {TRIAL_ID_METADATA!r} metadata")
 
         return grpc.stream_stream_rpc_method_handler(
