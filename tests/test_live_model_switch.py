@@ -58,19 +58,27 @@ async def test_the_player_switches_to_a_new_iteration_within_one_second(services
         )
         controller = context.get_controller(cogment.Endpoint(services.endpoint))
         trial_id = await controller.start_trial(trial_id_requested="switching-trial", trial_params=params)
-        await asyncio.sleep(1.0)
-        published_at = time.time_ns()
-        await constant_policy(specs, 2).publish(registry)  # transient: the actor must follow those too
-        await asyncio.sleep(2.0)
-        await controller.terminate_trial([trial_id])
-
         datastore = context.get_datastore(cogment.Endpoint(services.endpoint))
-        (info,) = await datastore.get_trials([trial_id])
-        actions = []
-        async for sample in datastore.all_samples([info]):
+        deadline = time.monotonic() + 30
+        while not (infos := await datastore.get_trials([trial_id])):
+            assert time.monotonic() < deadline, "the trial never reached the datastore"
+            await asyncio.sleep(0.05)
+
+        # Read the trial live: publish once the first iteration has played 150 steps, end the trial
+        # once the new one has played 100.
+        actions, published_at = [], None
+        async for sample in datastore.all_samples(infos):
             player = sample.actors_data["player"]
-            if player.action is not None and player.action.HasField("value"):
-                actions.append((sample.timestamp, int(array_from_tensor(player.action.value))))
+            if player.action is None or not player.action.HasField("value"):
+                continue
+            actions.append((sample.timestamp, int(array_from_tensor(player.action.value))))
+            if published_at is None and len(actions) == 150:
+                published_at = time.time_ns()
+                await constant_policy(specs, 2).publish(registry)  # transient: the actor must follow those too
+            if published_at is not None and sum(action == 2 for _, action in actions) == 100:
+                await controller.terminate_trial([trial_id])
+                break
+            assert time.monotonic() < deadline, "the player never switched to the new iteration"
     finally:
         components.stop()
 
