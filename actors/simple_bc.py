@@ -14,7 +14,6 @@ nothing (NO-OP) approves the agent's action. ``apprentice.teaching.decide`` is t
 
 from __future__ import annotations
 
-import asyncio
 import io
 import itertools
 import logging
@@ -30,6 +29,7 @@ from torch import nn
 
 from actors.scripted_teacher import SUPPORTED_ENV_IDS as SCRIPTED_TEACHER_ENV_IDS
 from apprentice.model import RUN_FINISHED, Model
+from apprentice.model_follower import FollowedModel, ModelFollowers
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
 from apprentice.sample_buffer import SampleBuffer
@@ -166,46 +166,45 @@ class GreedyPolicy:
 
 
 class SimpleBCActor:
-    """The ``player``: acts with ``ActorConfig.model_id`` and switches to each newer iteration."""
+    """The ``player``: acts with ``ActorConfig.model_id`` and switches to each newer iteration.
+
+    The trials of one model share one follower of its latest iteration (``apprentice.model_follower``
+    says why); a trial that pins ``model_iteration`` plays that iteration only.
+    """
 
     def __init__(self, cfg: dict, model_registry) -> None:
         self.model_registry = model_registry
+        self.followers = ModelFollowers(model_registry, SimpleBCModel, SimpleBCModel.greedy_policy)
 
     def get_actor_classes(self) -> list[str]:
         return ["player"]
 
     async def impl(self, actor_session) -> None:
         config: ActorConfig = actor_session.config
-        model = await SimpleBCModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
-        policy = LatestPolicy(model.greedy_policy())
-        # Follow newer iterations while the trial runs, unless the trial pinned one iteration.
-        updates = None
-        if config.model_iteration == -1:
-            updates = asyncio.create_task(self._follow_updates(config.model_id, policy))
-        actions = ActionSpace(model.action_space)  # every iteration of a model shares its spaces
+        if config.model_iteration != -1:
+            model = await SimpleBCModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
+            await self._play(actor_session, PinnedPolicy(model.greedy_policy()))
+            return
+        async with self.followers.follow(config.model_id) as latest:
+            await self._play(actor_session, latest)
+
+    async def _play(self, actor_session, policy: PinnedPolicy | FollowedModel[GreedyPolicy]) -> None:
+        """Act on each observation with ``policy.current``, read anew at each step."""
+        actions = ActionSpace(policy.current.action_space)  # every iteration of a model shares its spaces
         actor_session.start()
-        try:
-            async for event in actor_session.all_events():
-                if event.observation is not None and event.type == cogment.EventType.ACTIVE:
-                    observation = array_from_tensor(event.observation.observation.value)
-                    current = policy.current
-                    action = actions.create(value=current.act(observation))
-                    action.model_iteration = current.iteration
-                    actor_session.do_action(action)
-        finally:
-            if updates is not None:
-                updates.cancel()
-
-    async def _follow_updates(self, model_id: str, policy: LatestPolicy) -> None:
-        """Swap in every new iteration (the registry announces each one as it is published)."""
-        async for info in self.model_registry.iteration_updates(model_id):
-            if info.iteration > policy.current.iteration:
-                model = await SimpleBCModel.retrieve_model(self.model_registry, model_id, info.iteration)
-                policy.current = model.greedy_policy()
+        async for event in actor_session.all_events():
+            if event.observation is not None and event.type == cogment.EventType.ACTIVE:
+                observation = array_from_tensor(event.observation.observation.value)
+                current = policy.current
+                action = actions.create(value=current.act(observation))
+                action.model_iteration = current.iteration
+                actor_session.do_action(action)
 
 
-@dataclass
-class LatestPolicy:
+@dataclass(frozen=True)
+class PinnedPolicy:
+    """One iteration for the whole trial (``ActorConfig.model_iteration`` other than -1)."""
+
     current: GreedyPolicy
 
 

@@ -10,7 +10,6 @@ key the teacher's tab holds (``teacher.py``); the tabs get the rendered frames a
 - ``hub``: the open tabs, their roles, the teacher's input and what goes out to each tab;
 - ``teacher``: the Cogment actor that paces a trial and acts for the person;
 - ``watcher``: finds the trials to join (at once, or once a teacher's tab is open);
-- ``cancellation``: stopping tasks through the cogment SDK, which swallows cancellation;
 - ``app``: the Starlette app (page, WebSocket, stats) and who may reach it (host names);
 - ``__main__``: the command line, the ready line and a bounded stop on SIGTERM.
 """

@@ -20,6 +20,7 @@ from typing import Any
 
 import cogment
 
+from apprentice.cancellation import raise_if_cancelled
 from apprentice.model import RUN_FINISHED
 from web.hub import Hub
 
@@ -104,6 +105,7 @@ class TrainingFollower:
                     iterations = [IterationFigures.from_user_data(info.iteration, info.properties) for info in infos]
                     if iterations:
                         self.hub.set_training(training_view(sorted(iterations, key=lambda figures: figures.iteration)))
+                raise_if_cancelled()  # the SDK ends the stream quietly when this task is cancelled
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure of the link: retry

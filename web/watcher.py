@@ -19,9 +19,9 @@ import logging
 
 import cogment
 
+from apprentice.cancellation import raise_if_cancelled
 from apprentice.cog_settings import TEACHER_ACTOR_CLASS
 from apprentice.run import RUN_ID_PROPERTY
-from web.cancellation import raise_if_cancelled
 from web.hub import Hub
 
 log = logging.getLogger(__name__)
