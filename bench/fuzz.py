@@ -35,9 +35,7 @@ import json
 import logging
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -59,7 +57,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from apprentice.launcher import wait_until_reachable  # noqa: E402 - after the project root is importable
 from apprentice.run import RUN_ID_PROPERTY  # noqa: E402
-from bench.main_job import main_job, stored_data  # noqa: E402
+from bench.main_job import main_job, stored_data, work_directory  # noqa: E402
 
 RUN_ID = "fuzz"
 CALL_TIMEOUT = 5.0  # a call without an answer by then counts as hung
@@ -382,14 +380,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.ERROR)
-    work_dir = Path(tempfile.mkdtemp(prefix="apprentice-fuzz-"))
-    try:
+    with work_directory("apprentice-fuzz-", args.keep) as work_dir:
         asyncio.run(fuzz(args, work_dir))
-    finally:
-        if args.keep:
-            print(f"data and logs: {work_dir}")
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

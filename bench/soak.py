@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from apprentice import cog_settings  # noqa: E402 - after the project root is importable
 from apprentice.launcher import wait_until_reachable  # noqa: E402
 from apprentice.run import RUN_ID_PROPERTY  # noqa: E402
-from bench.main_job import MainJob, main_job, stored_data  # noqa: E402
+from bench.main_job import MainJob, main_job, stored_data, work_directory  # noqa: E402
 
 RUN_ID = "soak"
 
@@ -138,14 +136,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.ERROR)  # the SDK warns when the run's services stop under its watch
-    work_dir = Path(tempfile.mkdtemp(prefix="apprentice-soak-"))
-    try:
+    with work_directory("apprentice-soak-", args.keep) as work_dir:
         asyncio.run(soak(args, work_dir))
-    finally:
-        if args.keep:
-            print(f"data and logs: {work_dir}")
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
