@@ -26,7 +26,12 @@ from apprentice.launcher import PROJECT_ROOT, start_python
 from tests.conftest import free_port
 
 # Which part of the run a process is, from a marker in its command line.
-ROLES = {"apprentice.services": "services", "apprentice.components": "components", "-m web": "web"}
+ROLES = {
+    "apprentice.services": "services",
+    "apprentice.components": "components",
+    "-m web": "web",
+    "apprentice.metrics_writer": "metrics writer",
+}
 
 
 @dataclass
