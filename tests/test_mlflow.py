@@ -165,14 +165,13 @@ def test_metrics_logged_through_the_server_are_all_read_back(server: LateServer,
     run_id = logger.start_run("served", run_name="bc", resume=True)  # no such run yet: a new one
     assert run_id and logger.tracking_uri == server.url
     logger.log_params({"lr": 0.001, "hidden": [64, 64]})
-    started = time.perf_counter()
+    # How long a call takes is measured by bench/simple_bc_learning.py, not asserted here: a
+    # loaded machine would fail a timed test.
     for step in range(STEPS):
         logger.log_metric("loss", 1 / (step + 1), step)
         logger.log_metric("accuracy", step / STEPS, step)
-    per_call = (time.perf_counter() - started) / (2 * STEPS)
     logger.close()
 
-    assert per_call < 20e-6, f"log_metric took {per_call * 1e6:.1f} µs a call"
     client = MlflowClient(server.url)
     run = client.get_run(run_id)
     assert (run.info.status, run.info.run_name) == ("FINISHED", "bc")
