@@ -141,6 +141,14 @@ class RejectBadRequests(grpc.aio.ServerInterceptor):
         behavior = getattr(handler, field)
         if not (inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior)):
             return handler  # a synchronous method: not one of ours, left as gRPC runs it
+        async def ended_by(context: grpc.aio.ServicerContext, error: Exception) -> None:
+            """The status of a call that ``error`` ended."""
+            if isinstance(error, grpc.aio.AbortError):
+                raise error  # the method ended the call with a status of its own
+            if isinstance(error, UndecodableRequest):
+                await reject(context, error)
+            await fail(context, error)
+
         if inspect.isasyncgenfunction(behavior):
 
             async def guarded(request, context):
@@ -149,12 +157,8 @@ class RejectBadRequests(grpc.aio.ServerInterceptor):
                 try:
                     async for reply in behavior(request, context):
                         yield reply
-                except UndecodableRequest as error:
-                    await reject(context, error)
-                except grpc.aio.AbortError:
-                    raise  # the method ended the call with a status of its own
-                except Exception as error:  # noqa: BLE001 - any failure: INTERNAL, logged once per kind
-                    await fail(context, error)
+                except Exception as error:  # noqa: BLE001 - every failure ends with a status, logged once per kind
+                    await ended_by(context, error)
 
         else:
 
@@ -163,12 +167,8 @@ class RejectBadRequests(grpc.aio.ServerInterceptor):
                     await reject(context, request.error)
                 try:
                     return await behavior(request, context)
-                except UndecodableRequest as error:
-                    await reject(context, error)
-                except grpc.aio.AbortError:
-                    raise  # the method ended the call with a status of its own
-                except Exception as error:  # noqa: BLE001 - any failure: INTERNAL, logged once per kind
-                    await fail(context, error)
+                except Exception as error:  # noqa: BLE001 - every failure ends with a status, logged once per kind
+                    await ended_by(context, error)
 
         return handler._replace(request_deserializer=decode, **{field: guarded})
 
