@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PARENT_PID_VARIABLE = "APPRENTICE_PARENT_PID"
 READY_LINE = re.compile(r"(?:grpc|http)://[^\s:/]+:(\d+)")
 STOP_TIMEOUT = 6.0  # s from SIGTERM to SIGKILL when main stops its children
+READY_TIMEOUT = 60.0  # s a child may take to print its ready line
 WATCH_PERIOD = 0.5  # s between two looks at whether a child has exited
 
 
@@ -45,17 +46,11 @@ class ChildServer:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it has not stopped after ``timeout`` s; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_all([self], timeout)
         return self.process.returncode
 
 
-def start_python(name: str, args: list[str], log_path: Path, ready_timeout: float = 60.0) -> ChildServer:
+def start_python(name: str, args: list[str], log_path: Path, ready_timeout: float = READY_TIMEOUT) -> ChildServer:
     """``python *args`` (e.g. ``["-m", "apprentice.services", "--port", "0"]``), once it is listening.
 
     Its stderr, and its stdout after the ready line, are appended to ``log_path``.
@@ -234,12 +229,9 @@ class SupervisedServer:
         # when the *thread* that started a child ends, and a worker thread may end any time.
         process, log_file = _spawn_python(self._restart_args(), self.log_path)
         try:
-            self.child = await asyncio.to_thread(_when_ready, self.name, process, log_file, self.log_path, 60.0)
+            self.child = await asyncio.to_thread(_when_ready, self.name, process, log_file, self.log_path, READY_TIMEOUT)
         except RuntimeError as error:
             raise ChildExited(f"The {self.name} exited (code {code}) and could not be started again: {error}") from None
         except asyncio.CancelledError:  # main is stopping: the half-started child goes with it
             process.kill()
             raise
-
-    def stop(self) -> int:
-        return self.child.stop()
