@@ -5,6 +5,10 @@ the swing until the car climbs the hill. A person watching the screen sees what 
 the previous step (``Observation.last_player_action``): when the agent pushed against the car's
 velocity (or did not push), the teacher takes over with the expert push; otherwise it approves
 (NO-OP). Like a person, it reacts one step late.
+
+In a vectorized trial (no person could watch N copies) it acts as an expert instead, like
+``actors.expert``: the expert push for every copy, performed in ``override`` mode, the label in
+``label`` mode (DAgger with the scripted teacher as labeller).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import gymnasium
 import numpy as np
 from cogment.actor import ActorSession
 
+from actors.expert import expert_action, take_over_coins
 from apprentice.protos.data_pb2 import ActorConfig
 from apprentice.spaces import ActionSpace, array_from_tensor, gym_action, gym_from_space
 
@@ -24,6 +29,11 @@ PUSH_LEFT, NO_PUSH, PUSH_RIGHT = 0, 1, 2
 def expert_push(observation: np.ndarray) -> int:
     _position, velocity = observation
     return PUSH_RIGHT if velocity >= 0 else PUSH_LEFT
+
+
+def expert_pushes(observations: np.ndarray) -> np.ndarray:
+    """``expert_push`` for a batch of observations (N, 2)."""
+    return np.where(observations[:, 1] >= 0, PUSH_RIGHT, PUSH_LEFT).astype(np.int64)
 
 
 def teacher_decision(observation: np.ndarray, last_player_action: int | None) -> int | None:
@@ -53,10 +63,14 @@ class ScriptedTeacher:
             raise ValueError(f"expected MountainCar's Discrete(3) actions, got {action_space}")
 
         teacher_actions = ActionSpace(action_space, with_noop=True)
+        coins = take_over_coins(config)
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                 observation = event.observation.observation
+                if observation.episodes:  # a vectorized trial
+                    actor_session.do_action(expert_action(observation, expert_pushes, coins))
+                    continue
                 last_player_action = gym_action(observation.last_player_action, action_space) if observation.HasField("last_player_action") else None
                 decision = teacher_decision(array_from_tensor(observation.value), last_player_action)
                 actor_session.do_action(teacher_actions.create(value=decision))  # None: NO-OP

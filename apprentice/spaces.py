@@ -178,3 +178,37 @@ def gym_action(action: PlayerAction, action_space: gymnasium.Space, clip: bool =
         return array
 
     raise NotImplementedError(f"unsupported gymnasium space: {action_space}")
+
+
+def gym_actions(action: PlayerAction, action_space: gymnasium.Space, num_envs: int, clip: bool = False) -> np.ndarray | None:
+    """The ``num_envs`` actions a vectorized trial's ``action`` carries (a leading axis); ``None`` for a NO-OP.
+
+    Discrete: an int64 array of shape (N,), every value in the space. Box: an array of shape
+    (N, *space.shape) in the space's dtype, finite; ``clip=True`` clips it into the bounds (what an
+    environment performs), ``clip=False`` keeps it as it is (an expert's label may exceed them).
+    Raises ``InvalidAction`` otherwise.
+    """
+    if is_noop(action):
+        return None
+    try:
+        array = array_from_tensor(action.value)
+    except (TypeError, ValueError) as error:
+        raise InvalidAction(f"unreadable action tensor: {error}") from error
+
+    if isinstance(action_space, gymnasium.spaces.Discrete):
+        if array.shape != (num_envs,) or not np.issubdtype(array.dtype, np.integer):
+            raise InvalidAction(f"expected {num_envs} integers, got dtype {array.dtype} shape {array.shape}")
+        if ((array < action_space.start) | (array >= action_space.start + action_space.n)).any():
+            raise InvalidAction(f"{array} has values outside {action_space}")
+        return array.astype(np.int64, copy=False)
+
+    if isinstance(action_space, gymnasium.spaces.Box):
+        expected = (num_envs, *action_space.shape)
+        if array.shape != expected or not np.can_cast(array.dtype, action_space.dtype, "same_kind"):
+            raise InvalidAction(f"expected {action_space.dtype} of shape {expected}, got {array.dtype} of shape {array.shape}")
+        array = array.astype(action_space.dtype, copy=False)
+        if not np.isfinite(array).all():
+            raise InvalidAction("the actions are not all finite")
+        return np.clip(array, action_space.low, action_space.high) if clip else array
+
+    raise NotImplementedError(f"unsupported gymnasium space: {action_space}")

@@ -6,8 +6,14 @@ call this one function, so a sample always says what really happened in the envi
 - ``override`` (human in the loop, behavioral cloning): a teacher action takes over and is a
   demonstration; a NO-OP (or no action, or an action outside the action space) approves the
   player's action, which is performed and is not a demonstration.
-- ``label`` (DAgger): the player's action is always performed; the teacher's action, when it gave
-  one, is the label of the step, so every labelled step is a demonstration.
+- ``label`` (DAgger): the player's action is performed; the teacher's action, when it gave one, is
+  the label of the step, so every labelled step is a demonstration. In a vectorized trial the
+  teacher may also say in which copies its own action is performed instead (DAgger's beta
+  mixing, ``PlayerAction.take_over``; ``TakeOverCoins`` draws them).
+
+``decide`` is the rule for one environment (the teacher's page), ``decide_batch`` for the N copies
+of a vectorized trial, where a teacher's labels are kept as it gave them (an expert's actions may
+exceed the action space's bounds) and what is performed is clipped into the bounds.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import logging
 from dataclasses import dataclass
 
 import gymnasium
+import numpy as np
 
 from apprentice.protos.data_pb2 import PlayerAction
-from apprentice.spaces import GymAction, InvalidAction, gym_action, is_noop
+from apprentice.spaces import GymAction, InvalidAction, gym_action, gym_actions, is_noop
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,13 @@ log = logging.getLogger(__name__)
 class TeacherMode(enum.StrEnum):
     OVERRIDE = "override"
     LABEL = "label"
+
+
+class BetaPer(enum.StrEnum):
+    """How often DAgger's beta coin is drawn: for every step, or once per episode."""
+
+    STEP = "step"
+    EPISODE = "episode"
 
 
 @dataclass(frozen=True)
@@ -70,3 +84,87 @@ def decide(
     if player_value is None:
         raise InvalidAction("the player did not act and the teacher did not take over: nothing to perform")
     return Step(player_value, player_value, False, invalid_teacher_action)
+
+
+@dataclass(frozen=True)
+class BatchStep:
+    """The rule applied to one tick of a vectorized trial: one row per copy of the environment."""
+
+    performed_actions: np.ndarray  # (N, ...) what the environments play, within the action space
+    labels: np.ndarray  # (N, ...) what the agent should learn to do
+    demonstrations: np.ndarray  # (N,) bool: the label is the teacher's
+    teacher_performed: np.ndarray  # (N,) bool: the teacher's action was played
+    invalid_teacher_action: bool  # the teacher sent something unusable (counted as NO-OP)
+
+
+def decide_batch(
+    player_action: PlayerAction | None,
+    teacher_action: PlayerAction | None,
+    action_space: gymnasium.Space,
+    num_envs: int,
+    mode: TeacherMode = TeacherMode.OVERRIDE,
+) -> BatchStep:
+    """Apply the rule to the N copies of one tick. Raises InvalidAction when the player's actions are unusable."""
+    labels = performed = None
+    invalid_teacher_action = False
+    take_over = np.zeros(num_envs, dtype=bool)
+    if not is_noop(teacher_action):
+        try:
+            labels = gym_actions(teacher_action, action_space, num_envs)
+            if mode is TeacherMode.OVERRIDE:
+                take_over[:] = True
+            elif teacher_action.take_over:
+                if len(teacher_action.take_over) != num_envs:
+                    raise InvalidAction(f"take_over has {len(teacher_action.take_over)} entries for {num_envs} copies")
+                take_over = np.asarray(teacher_action.take_over, dtype=bool)
+        except InvalidAction as error:
+            labels, invalid_teacher_action = None, True
+            take_over[:] = False
+            log.debug("Teacher action ignored (counted as NO-OP): %s", error)
+
+    if labels is not None and take_over.all():
+        performed = clipped(labels, action_space)
+    else:
+        player_values = gym_actions(player_action, action_space, num_envs, clip=True)
+        if player_values is None:
+            raise InvalidAction("the player did not act and the teacher did not take over: nothing to perform")
+        performed = player_values
+        if labels is not None and take_over.any():
+            performed = np.where(take_over.reshape(-1, *[1] * (performed.ndim - 1)), clipped(labels, action_space), performed)
+    demonstrations = np.full(num_envs, labels is not None)
+    return BatchStep(performed, labels if labels is not None else performed, demonstrations, take_over, invalid_teacher_action)
+
+
+def clipped(actions: np.ndarray, action_space: gymnasium.Space) -> np.ndarray:
+    """Actions as an environment may perform them: Box values clipped into the bounds."""
+    if isinstance(action_space, gymnasium.spaces.Box):
+        return np.clip(actions, action_space.low, action_space.high)
+    return actions
+
+
+class TakeOverCoins:
+    """DAgger's beta coins, drawn by a teacher in label mode: in which copies its action is performed.
+
+    ``per=STEP`` draws a coin for every copy at every step; ``per=EPISODE`` draws one when a copy
+    starts an episode and keeps it for the episode (the whole episode is the teacher's or the player's).
+    """
+
+    def __init__(self, beta: float, per: BetaPer, seed: int) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta={beta}: it is a probability, give one in [0, 1]")
+        self.beta = beta
+        self.per = per
+        self._rng = np.random.default_rng(seed)
+        self._episode_coins: dict[int, bool] = {}
+
+    def draw(self, episodes: np.ndarray) -> list[bool]:
+        """One coin per copy; ``episodes`` is the episode each copy's observation belongs to."""
+        if self.beta == 0.0:
+            return [False] * len(episodes)
+        if self.per is BetaPer.STEP:
+            return (self._rng.random(len(episodes)) < self.beta).tolist()
+        live = set(episodes.tolist())
+        self._episode_coins = {episode: coin for episode, coin in self._episode_coins.items() if episode in live}
+        for episode in sorted(live - self._episode_coins.keys()):  # sorted: the same draws every run
+            self._episode_coins[episode] = bool(self._rng.random() < self.beta)
+        return [self._episode_coins[episode] for episode in episodes.tolist()]

@@ -16,6 +16,10 @@ player's action, a takeover, the reward): the teacher's page shows the score fro
 teacher needs no reward message, one message less per tick on the trial's critical path. The
 trial ends when gymnasium says terminated or truncated, or when the orchestrator asks
 (``max_steps``, terminate request).
+
+With ``EnvironmentConfig.num_envs`` N >= 1 the trial is vectorized (``run_vectorized_trial``): it
+steps N copies per tick (``environments.copies``), every array carries a leading axis of N, and
+the trial ends once its ``episodes`` have all been played.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from cogment.session import ActorInfo
 from apprentice.cog_settings import PLAYER_ACTOR_CLASS, TEACHER_ACTOR_CLASS
 from apprentice.protos.data_pb2 import EnvironmentConfig, Observation
 from apprentice.spaces import parse_make_kwargs, tensor_from_array
-from apprentice.teaching import TeacherMode, decide
+from apprentice.teaching import TeacherMode, decide, decide_batch
+from environments.copies import EnvironmentCopies
 
 # classic-control renders through pygame, which needs a display unless told otherwise.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -126,6 +131,9 @@ class GymEnvironment:
 async def run_trial(environment_session: EnvironmentSession) -> None:
     """Run one trial: reset, then one ``env.step`` per action set until the episode or trial ends."""
     config: EnvironmentConfig = environment_session.config or EnvironmentConfig()
+    if config.num_envs:
+        await run_vectorized_trial(environment_session, config)
+        return
     roles = find_roles(environment_session.get_active_actors())
     stats = TrialStats()
     mode = TeacherMode(config.teacher_mode or TeacherMode.OVERRIDE.value)
@@ -170,4 +178,48 @@ async def run_trial(environment_session: EnvironmentSession) -> None:
         stats.steps,
         stats.teacher_takeovers,
         stats.invalid_teacher_actions,
+    )
+
+
+async def run_vectorized_trial(environment_session: EnvironmentSession, config: EnvironmentConfig) -> None:
+    """N copies per tick until the trial's episodes are all played (``environments.copies``)."""
+    if config.render:
+        raise ValueError("EnvironmentConfig.render: a vectorized trial (num_envs >= 1) does not render; the teacher's page uses num_envs=0")
+    roles = find_roles(environment_session.get_active_actors())
+    mode = TeacherMode(config.teacher_mode or TeacherMode.OVERRIDE.value)
+    copies = EnvironmentCopies(lambda: make_env(config), config.num_envs, config.episodes, config.seed)
+    stats = TrialStats()
+    try:
+        environment_session.start([("*", Observation(value=tensor_from_array(copies.reset()), episodes=copies.episodes.tolist()))])
+        ended = False
+        async for event in environment_session.all_events():
+            if not event.actions or ended:
+                continue
+            teacher_action = event.actions[roles.teacher_index].action if roles.teacher_index is not None else None
+            step = decide_batch(event.actions[roles.player_index].action, teacher_action, copies.action_space, config.num_envs, mode)
+            stats.invalid_teacher_actions += step.invalid_teacher_action
+            stats.teacher_takeovers += int(step.teacher_performed.sum())
+            stats.steps += int((copies.episodes != -1).sum())
+            result = copies.step(step.performed_actions)
+            observation = Observation(
+                value=tensor_from_array(result.observations),
+                episodes=copies.episodes.tolist(),
+                last_rewards=result.rewards.tolist(),
+                last_terminated=result.terminated.tolist(),
+                last_truncated=result.truncated.tolist(),
+                ended_observations=tensor_from_array(result.ended_observations),
+            )
+            environment_session.add_reward(value=float(result.rewards.sum()), confidence=1.0, to=[f"{PLAYER_ACTOR_CLASS}.*"])
+            if copies.done or event.type == cogment.EventType.ENDING:
+                observation.final = True
+                environment_session.end([("*", observation)])
+                ended = True
+            else:
+                environment_session.produce_observations([("*", observation)])
+    finally:
+        copies.close()
+    log.info(
+        "Trial %s (%s, %d copies): %d steps, %d episodes, teacher's action performed %d times, %d invalid teacher actions",
+        environment_session.get_trial_id(), config.env_id, config.num_envs, stats.steps, copies.next_episode,
+        stats.teacher_takeovers, stats.invalid_teacher_actions,
     )

@@ -1,0 +1,395 @@
+"""Behavioral cloning from an expert, with roll-outs played as Cogment trials (``+experiment=bc/<task>``).
+
+Read top to bottom:
+1. ``ImitationModel``: an MLP policy (observations normalized by the data's mean and std) that
+   the model registry can store, and ``BatchPolicy``, the numpy snapshot of its weights that acts
+   on a whole batch of observations at once.
+2. ``ImitationPlayer``: the ``player`` actor that acts with one iteration of the model.
+3. The pieces DAgger shares (``actors/dagger.py``): the task and its checks, training epochs with a
+   held-out validation loss, evaluation of the learner alone on fixed held-out seeds.
+4. ``BCTraining``: the run. The expert plays ``run.rollouts`` episodes in the teacher's seat
+   (``override`` mode; or ``run.dataset`` gives them from a file), the learner is trained on them
+   for ``run.epochs`` epochs, evaluated alone, and stored in the model registry.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cogment
+import gymnasium
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from apprentice.datasets import Dataset, Episode, load_dataset
+from apprentice.experts import ExpertFileError, check_expert_fits, load_expert
+from apprentice.model import RUN_FINISHED, Model
+from apprentice.protos.data_pb2 import ActorConfig, EnvironmentSpecs, PlayerAction
+from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes
+from apprentice.run import RunSession
+from apprentice.spaces import array_from_tensor, environment_specs, gym_from_space, tensor_from_array
+from apprentice.teaching import TeacherMode
+
+log = logging.getLogger(__name__)
+
+# Small networks gain nothing from intra-op threads: one thread trains fastest here.
+torch.set_num_threads(1)
+
+
+# --- 1. The model ----------------------------------------------------------------------------
+
+
+class ImitationModel(Model):
+    """normalized observation -> hidden layers (ReLU) -> the action (Box) or one logit per action (Discrete)."""
+
+    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0) -> None:
+        super().__init__(model_id, iteration)
+        self.environment_specs = environment_specs
+        self.hidden_sizes = list(hidden_sizes)
+        self.action_space = gym_from_space(environment_specs.action_space)
+        self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
+        observation_size = int(np.prod(gym_from_space(environment_specs.observation_space).shape))
+        self.action_size = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
+        sizes = [observation_size, *self.hidden_sizes]
+        layers: list[nn.Module] = []
+        for size_in, size_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(size_in, size_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], self.action_size))
+        self.network = nn.Sequential(*layers)
+        # Set from the training data by ``fit_normalization``; identity until then.
+        self.observation_mean = torch.zeros(observation_size)
+        self.observation_std = torch.ones(observation_size)
+
+    def fit_normalization(self, observations: torch.Tensor) -> None:
+        """Normalize by the data's mean and std; a feature that never varies (e.g. Ant's unused contact forces) is left unscaled."""
+        self.observation_mean = observations.mean(dim=0)
+        std = observations.std(dim=0)
+        self.observation_std = torch.where(std > 1e-6, std, torch.ones_like(std))
+
+    def normalize(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations - self.observation_mean) / self.observation_std
+
+    def loss(self, normalized_observations: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean squared error (Box) or cross-entropy (Discrete) of the labels."""
+        output = self.network(normalized_observations)
+        if self.discrete:
+            return nn.functional.cross_entropy(output, labels)
+        return nn.functional.mse_loss(output, labels)
+
+    def get_model_user_data(self) -> dict[str, str]:
+        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes))}
+
+    @classmethod
+    def serialize_model(cls, model: ImitationModel) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "environment_specs": model.environment_specs.SerializeToString(),
+                "hidden_sizes": model.hidden_sizes,
+                "state_dict": model.network.state_dict(),
+                "observation_mean": model.observation_mean,
+                "observation_std": model.observation_std,
+            },
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def deserialize_model(cls, serialized_model: bytes) -> ImitationModel:
+        content = torch.load(io.BytesIO(serialized_model), weights_only=True)  # a model file never runs code
+        model = cls("", EnvironmentSpecs.FromString(content["environment_specs"]), content["hidden_sizes"])
+        model.network.load_state_dict(content["state_dict"])
+        model.observation_mean, model.observation_std = content["observation_mean"], content["observation_std"]
+        return model
+
+    def policy(self) -> BatchPolicy:
+        """The current weights as a numpy policy (a snapshot: later training does not change it)."""
+        linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
+        return BatchPolicy(
+            layers=[(linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy()) for linear in linears],
+            observation_mean=self.observation_mean.numpy().copy(),
+            observation_std=self.observation_std.numpy().copy(),
+            action_space=self.action_space,
+            iteration=self.iteration,
+        )
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The network's forward pass in numpy on a batch (N, obs): acting needs no torch (see simple_bc.GreedyPolicy)."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (weight transposed, bias) of each Linear
+    observation_mean: np.ndarray
+    observation_std: np.ndarray
+    action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box
+    iteration: int
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """Greedy actions for observations of shape (N, obs): (N,) ints or (N, *action_shape) within the bounds."""
+        values = (np.asarray(observations, dtype=np.float32).reshape(len(observations), -1) - self.observation_mean) / self.observation_std
+        *hidden, (last_weight, last_bias) = self.layers
+        for weight, bias in hidden:
+            values = np.maximum(values @ weight + bias, 0.0)
+        output = values @ last_weight + last_bias
+        if isinstance(self.action_space, gymnasium.spaces.Discrete):
+            return output.argmax(axis=1).astype(np.int64)
+        actions = output.reshape(len(observations), *self.action_space.shape).astype(self.action_space.dtype)
+        return np.clip(actions, self.action_space.low, self.action_space.high)
+
+
+# --- 2. The actor ----------------------------------------------------------------------------
+
+
+class ImitationPlayer:
+    """The ``player`` of vectorized trials: acts with iteration ``ActorConfig.model_iteration`` (-1: the latest)."""
+
+    def __init__(self, cfg: dict, model_registry) -> None:
+        self.model_registry = model_registry
+
+    def get_actor_classes(self) -> list[str]:
+        return ["player"]
+
+    async def impl(self, actor_session) -> None:
+        config: ActorConfig = actor_session.config
+        model = await ImitationModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
+        policy = model.policy()
+        actor_session.start()
+        async for event in actor_session.all_events():
+            if event.observation is not None and event.type == cogment.EventType.ACTIVE:
+                observation = event.observation.observation
+                if not observation.episodes:
+                    raise ValueError("the imitation player plays vectorized trials (EnvironmentConfig.num_envs >= 1)")
+                action = PlayerAction(value=tensor_from_array(policy.act(array_from_tensor(observation.value))))
+                action.model_iteration = policy.iteration
+                actor_session.do_action(action)
+
+
+# --- 3. What BC and DAgger share: the task, training, evaluation ------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """The environment of a run and its expert, checked before anything starts (``Task.from_config``)."""
+
+    env_id: str
+    make_kwargs: dict
+    specs: EnvironmentSpecs
+    teacher: str  # the teacher's actor implementation: "expert" or "scripted_teacher"
+    expert_path: str  # "" for the scripted teacher
+
+    @classmethod
+    def from_config(cls, cfg) -> Task:
+        make_kwargs = OmegaConf.to_container(cfg.make_kwargs) if OmegaConf.is_config(cfg.get("make_kwargs")) else dict(cfg.get("make_kwargs") or {})
+        try:
+            specs = environment_specs(cfg.env_id, make_kwargs)
+        except gymnasium.error.Error as error:
+            raise ValueError(f"run.env_id={cfg.env_id!r}: gymnasium cannot make it ({error}); give a registered id, e.g. Hopper-v4") from None
+        teacher = cfg.teacher.implementation
+        expert_path = ""
+        if teacher == "expert":
+            expert_path = str(Path(cfg.expert_path).expanduser().absolute())
+            try:
+                expert = load_expert(expert_path)
+                check_expert_fits(expert, gym_from_space(specs.observation_space), gym_from_space(specs.action_space), cfg.env_id)
+            except ExpertFileError as error:
+                raise ValueError(f"expert.path: {error}") from None
+        elif teacher != "scripted_teacher":
+            raise ValueError(f"teacher={teacher!r}: behavioral cloning and DAgger learn from teacher=expert (or the scripted MountainCar teacher)")
+        return cls(cfg.env_id, make_kwargs, specs, teacher, expert_path)
+
+    def teacher_seat(self, mode: TeacherMode, **beta) -> TeacherSeat:
+        return TeacherSeat(self.teacher, mode, self.expert_path, **beta)
+
+    def make_env(self) -> gymnasium.Env:
+        return gymnasium.make(self.env_id, **self.make_kwargs)
+
+
+def check_settings(cfg, integers: tuple[str, ...], positive_numbers: tuple[str, ...]) -> None:
+    """Every ``run.NAME`` listed is a positive integer / a positive number, or a ValueError says which is not."""
+    for name in integers + positive_numbers:
+        value = cfg.get(name)
+        integer = name in integers
+        valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if not valid or (integer and value != int(value)):
+            kind = "a positive integer" if integer else "a positive number"
+            raise ValueError(f"run.{name}={value!r}: it must be {kind}; e.g. run.{name}={EXAMPLES.get(name, 1)}")
+    fraction = cfg.validation_fraction
+    if not isinstance(fraction, int | float) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"run.validation_fraction={fraction!r}: it must be in [0, 1), e.g. run.validation_fraction=0.1")
+
+
+EXAMPLES = {"rollouts": 10, "epochs": 100, "batch_size": 32, "learning_rate": 0.001, "envs_per_trial": 16, "parallel_trials": 2,
+            "eval_episodes": 10, "rounds": 10, "rollouts_per_round": 1}
+
+
+def transitions(episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every step's observation and label, as tensors (float32 observations; int64 or float32 labels)."""
+    observations = np.concatenate([episode.observations[:-1] for episode in episodes]).reshape(-1, episodes[0].observations[0].size)
+    labels = np.concatenate([episode.labels for episode in episodes])
+    if np.issubdtype(labels.dtype, np.integer):
+        label_tensor = torch.as_tensor(labels.reshape(-1), dtype=torch.int64)
+    else:
+        label_tensor = torch.as_tensor(labels.reshape(len(labels), -1), dtype=torch.float32)
+    return torch.as_tensor(observations, dtype=torch.float32), label_tensor
+
+
+def split_validation(count: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indexes of the training and the held-out validation transitions (a random ``fraction``, at least one when fraction > 0)."""
+    order = torch.randperm(count, generator=generator)
+    held_out = min(count - 1, max(1, round(count * fraction))) if fraction > 0 and count > 1 else 0
+    return order[held_out:], order[:held_out]
+
+
+@dataclass(frozen=True)
+class EpochLosses:
+    epoch: int
+    training: float
+    validation: float  # nan without a validation set
+
+
+def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observations: torch.Tensor, labels: torch.Tensor,
+                 validation: torch.Tensor, epochs: int, batch_size: int, generator: torch.Generator, first_epoch: int = 0,
+                 description: str = "epochs") -> list[EpochLosses]:
+    """``epochs`` passes over the training transitions in shuffled batches; the validation loss after each.
+
+    ``observations`` are normalized by the caller's model once, before the loop: the loop itself
+    is a bare torch loop over tensors (bench/bc_training_speed.py compares the two).
+    """
+    inputs = model.normalize(observations)
+    training = torch.ones(len(inputs), dtype=torch.bool)
+    training[validation] = False
+    train_inputs, train_labels = inputs[training], labels[training]
+    validation_inputs, validation_labels = inputs[validation], labels[validation]
+    history = []
+    for epoch in tqdm(range(first_epoch, first_epoch + epochs), desc=description, unit="epoch", leave=False):
+        order = torch.randperm(len(train_inputs), generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            loss = model.loss(train_inputs[batch], train_labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        with torch.no_grad():
+            validation_loss = model.loss(validation_inputs, validation_labels).item() if len(validation_inputs) else float("nan")
+        history.append(EpochLosses(epoch, total / max(batches, 1), validation_loss))
+    return history
+
+
+def evaluate(policy, task: Task, episodes: int, first_seed: int) -> np.ndarray:
+    """The return of each of ``episodes`` episodes of ``policy`` alone, seeds ``first_seed``, ``first_seed + 1``, ...
+
+    The episodes run side by side (one batch per step) in this process: ``policy.act`` takes (N, obs).
+    """
+    envs = [task.make_env() for _ in range(episodes)]
+    try:
+        observations = [env.reset(seed=first_seed + index)[0] for index, env in enumerate(envs)]
+        returns = np.zeros(episodes)
+        playing = list(range(episodes))
+        while playing:
+            actions = policy.act(np.stack([observations[index] for index in playing]))
+            still_playing = []
+            for index, action in zip(playing, actions):
+                observations[index], reward, terminated, truncated, _info = envs[index].step(action)
+                returns[index] += float(reward)
+                if not (terminated or truncated):
+                    still_playing.append(index)
+            playing = still_playing
+        return returns
+    finally:
+        for env in envs:
+            env.close()
+
+
+def episode_returns(episodes: list[Episode]) -> np.ndarray:
+    return np.array([float(episode.rewards.sum()) for episode in episodes])
+
+
+def log_epochs(run_session: RunSession, history: list[EpochLosses], prefix: str = "") -> None:
+    for losses in history:
+        run_session.log_metrics(losses.epoch, **{f"{prefix}train_loss": losses.training, f"{prefix}validation_loss": losses.validation})
+
+
+# --- 4. The run ------------------------------------------------------------------------------
+
+
+class BCTraining:
+    """Behavioral cloning; its settings are the ``run`` section of ``config/experiment/bc/<task>.yaml``."""
+
+    def __init__(self, cfg) -> None:
+        """Checks every setting and the expert file: a bad one stops ``main`` before anything starts (ValueError)."""
+        self.cfg = cfg
+        check_settings(cfg, ("rollouts", "epochs", "batch_size", "envs_per_trial", "parallel_trials", "eval_episodes"), ("learning_rate",))
+        self.task = Task.from_config(cfg)
+        self.dataset: Dataset | None = None
+        if cfg.get("dataset"):
+            self.dataset = load_dataset(str(cfg.dataset))
+            if self.dataset.env_id != cfg.env_id:
+                raise ValueError(f"run.dataset={cfg.dataset}: its episodes are of {self.dataset.env_id}, not run.env_id={cfg.env_id}")
+
+    async def impl(self, run_session: RunSession) -> None:
+        cfg, task = self.cfg, self.task
+        registry = run_session.model_registry
+        torch.manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        model = ImitationModel(run_session.run_id, task.specs, list(cfg.hidden_sizes))
+        await model.store(registry)  # the player's policy during the expert's roll-outs (it does not matter: the expert plays)
+        run_session.log_params(run_parameters(cfg, task))
+
+        started = time.perf_counter()
+        if self.dataset is not None:
+            episodes = self.dataset.episodes
+            print(f"run {run_session.run_id}: {len(episodes)} episodes from {cfg.dataset}", flush=True)
+        else:
+            plan = RolloutPlan(cfg.rollouts, cfg.envs_per_trial, cfg.parallel_trials, cfg.seed)
+            rollouts = await collect_episodes(run_session, "expert", task.env_id, task.make_kwargs, task.specs, plan,
+                                              task.teacher_seat(TeacherMode.OVERRIDE), cfg.player.implementation, model.iteration)
+            episodes = rollouts.episodes
+            steps_per_second = rollouts.steps / max(rollouts.seconds, 1e-9)
+            print(f"run {run_session.run_id}: {len(episodes)} expert roll-outs, {rollouts.steps} steps in {rollouts.seconds:.1f} s "
+                  f"({steps_per_second:.0f} steps/s), return {episode_returns(episodes).mean():.1f}", flush=True)
+            run_session.log_metrics(0, expert_rollout_return=float(episode_returns(episodes).mean()), rollout_steps_per_second=steps_per_second)
+        if not episodes:
+            raise RuntimeError("no whole episode was played: nothing to learn from (see the components' log)")
+
+        observations, labels = transitions(episodes)
+        _train, validation = split_validation(len(observations), cfg.validation_fraction, generator)
+        training_mask = torch.ones(len(observations), dtype=torch.bool)
+        training_mask[validation] = False
+        model.fit_normalization(observations[training_mask])
+        optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
+        training_started = time.perf_counter()
+        history = train_epochs(model, optimizer, observations, labels, validation, cfg.epochs, cfg.batch_size, generator)
+        training_seconds = time.perf_counter() - training_started
+        log_epochs(run_session, history)
+
+        returns = evaluate(model.policy(), task, cfg.eval_episodes, cfg.eval_seed)
+        expert_labels = sum(len(episode.actions) for episode in episodes)
+        figures = {
+            "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()), "expert_labels": expert_labels,
+            "rollouts": len(episodes), "validation_loss": history[-1].validation, "training_seconds": training_seconds,
+            "wall_seconds": time.perf_counter() - started,
+        }
+        run_session.log_metrics(cfg.epochs, **figures)
+        await model.store(registry, **figures, **{RUN_FINISHED: "true"})
+        print(f"run {run_session.run_id}: BC return alone {returns.mean():.1f} ± {returns.std():.1f} over {cfg.eval_episodes} episodes, "
+              f"{expert_labels} expert-labelled steps, validation loss {history[-1].validation:.4f}", flush=True)
+
+
+def run_parameters(cfg, task: Task) -> dict:
+    """The run's settings as MLflow parameters."""
+    names = ("rollouts", "epochs", "batch_size", "learning_rate", "hidden_sizes", "envs_per_trial", "parallel_trials", "seed",
+             "eval_episodes", "eval_seed", "validation_fraction", "rounds", "rollouts_per_round", "dataset")
+    parameters = {name: cfg.get(name) for name in names if cfg.get(name) is not None}
+    parameters["hidden_sizes"] = list(cfg.hidden_sizes)
+    return {**parameters, "env_id": task.env_id, "teacher": task.teacher, "expert_path": task.expert_path}
