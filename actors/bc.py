@@ -333,9 +333,18 @@ class BCTraining:
         self.task = Task.from_config(cfg)
         self.dataset: Dataset | None = None
         if cfg.get("dataset"):
-            self.dataset = load_dataset(str(cfg.dataset))
-            if self.dataset.env_id != cfg.env_id:
-                raise ValueError(f"run.dataset={cfg.dataset}: its episodes are of {self.dataset.env_id}, not run.env_id={cfg.env_id}")
+            try:
+                self.dataset = load_dataset(str(cfg.dataset))
+            except (FileNotFoundError, ValueError) as error:
+                raise ValueError(f"run.dataset={cfg.dataset}: {error}") from None
+            # The env id alone is not enough: make_kwargs change the spaces (Ant's contact forces).
+            shape = gym_from_space(self.task.specs.observation_space).shape
+            found = self.dataset.episodes[0].observations.shape[1:] if self.dataset.episodes else None
+            if self.dataset.env_id != cfg.env_id or found != shape:
+                raise ValueError(
+                    f"run.dataset={cfg.dataset}: its episodes are of {self.dataset.env_id} {self.dataset.make_kwargs} with observations "
+                    f"of shape {found}, not of run.env_id={cfg.env_id} {self.task.make_kwargs} (shape {shape}): give a dataset of this task"
+                )
 
     async def impl(self, run_session: RunSession) -> None:
         cfg, task = self.cfg, self.task

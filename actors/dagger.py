@@ -126,9 +126,8 @@ class DAggerTraining:
             run_session.log_metrics(round_index + 1, beta=beta, learner_rollout_return=float(np.mean(episode_returns(rollouts.episodes))),
                                     expert_performed_steps=rollouts.teacher_performed_steps)
 
-        figures = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()), "expert_labels": expert_labels,
-                   "rounds": cfg.rounds, "wall_seconds": time.perf_counter() - started}
-        run_session.log_metrics(epoch, **figures)
-        await model.store(registry, **figures, **{RUN_FINISHED: "true"})
+        figures = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()), "wall_seconds": time.perf_counter() - started}
+        run_session.log_metrics(epoch, **figures)  # expert_labels is logged per round (step = round) above
+        await model.store(registry, **figures, expert_labels=expert_labels, rounds=cfg.rounds, **{RUN_FINISHED: "true"})
         print(f"run {run_session.run_id}: DAgger return alone {returns.mean():.1f} ± {returns.std():.1f} over {cfg.eval_episodes} episodes, "
               f"{expert_labels} expert-labelled steps", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from apprentice.services.model_registry.errors import RegistryError, UnknownVersion
@@ -28,7 +27,7 @@ class DamagedData(RegistryError):
     """An archived data file does not hold what its metadata promises (answered as INTERNAL)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MemoryData:
     segments: tuple[bytes, ...]
     size: int
@@ -38,9 +37,9 @@ class MemoryData:
             yield piece
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileData:
-    path: Path
+    path: str  # not a Path: one is kept per archived version, and a Path costs four times more
     size: int
 
     async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:

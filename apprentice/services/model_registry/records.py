@@ -7,6 +7,7 @@ and to the JSON metadata files lives here too, so both formats stay in one place
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,10 +17,12 @@ from cogment.api import model_registry_pb2
 
 
 def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(mapping))
+    """A read-only copy. Its keys are interned: a record stays in memory for every archived
+    version, and the versions of a model repeat the same keys (values mostly differ)."""
+    return MappingProxyType({sys.intern(str(key)): value for key, value in mapping.items()})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelRecord:
     """A model: an id and free key/value properties (the SDK's ``ModelInfo.properties``)."""
 
@@ -41,9 +44,13 @@ class ModelRecord:
         return cls(model_id=str(document["model_id"]), user_data=_str_dict(document.get("user_data")))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VersionRecord:
-    """The metadata of one model version (the SDK's ``ModelIterationInfo``), without its data."""
+    """The metadata of one model version (the SDK's ``ModelIterationInfo``), without its data.
+
+    One is kept in memory per archived version for the life of the process: slots, and the
+    model id shared with the model's record.
+    """
 
     model_id: str
     number: int
@@ -54,6 +61,7 @@ class VersionRecord:
     user_data: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_id", sys.intern(self.model_id))
         object.__setattr__(self, "user_data", _frozen(self.user_data))
 
     def to_proto(self) -> model_registry_pb2.ModelVersionInfo:

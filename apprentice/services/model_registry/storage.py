@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_MAX_VERSIONS = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredVersion:
     record: VersionRecord
     data: VersionData
@@ -78,7 +78,7 @@ class VersionStore:
             model = _Model(loaded.model)
             for record in loaded.versions:
                 path = archive.data_path(record.model_id, record.number)
-                model.archived[record.number] = StoredVersion(record, FileData(path, record.data_size))
+                model.archived[record.number] = StoredVersion(record, FileData(str(path), record.data_size))
                 model.archived_numbers.append(record.number)
             model.latest = model.archived_numbers[-1] if model.archived_numbers else 0
             store._models[loaded.model.model_id] = model
@@ -152,7 +152,7 @@ class VersionStore:
             if isinstance(upload.sink, UploadFile):
                 assert self.archive is not None
                 path = await asyncio.to_thread(self.archive.install_version, upload.sink, record)
-                data: VersionData = FileData(path, record.data_size)
+                data: VersionData = FileData(str(path), record.data_size)
             else:
                 assert isinstance(upload.sink, MemorySink)
                 data = MemoryData(tuple(upload.sink.segments), record.data_size)
