@@ -131,6 +131,8 @@ def check_config(cfg: DictConfig):
         training = load_class(cfg.run.class_name, "run.class_name")(cfg.run)
     except ValueError as error:
         raise SystemExit(f"Bad run config: {error}") from None
+    if cfg.resume and not getattr(training, "RESUMABLE", False):
+        raise SystemExit(f"resume={cfg.resume}: {cfg.run.class_name} runs cannot be resumed; start a new run (the old one's samples stay in the datastore)")
     services = cfg.services
     ports = []
     if starts_own_services(services):
@@ -208,13 +210,17 @@ async def while_children_live(work: Coroutine, watchers: list[Watcher]) -> None:
         await asyncio.gather(work_task, *watch_tasks, return_exceptions=True)
 
 
-def stopped_run_message(error: Exception, run_id: str, cfg: DictConfig) -> str:
-    """What stopped, that the stored samples are safe and the command that continues the run."""
+def stopped_run_message(error: Exception, run_id: str, cfg: DictConfig, resumable: bool) -> str:
+    """What stopped, that the stored samples are safe and the command that continues (or restarts) the run."""
     overrides = [override for override in HydraConfig.get().overrides.task if not override.startswith(("run_id=", "resume="))]
-    command = shlex.join(["python", "-m", "main", *overrides, f"resume={run_id}"])
     own_datastore = not cfg.services.datastore_endpoint
     where = f"data_dir={Path(cfg.data_dir).absolute()}" if own_datastore else cfg.services.datastore_endpoint
-    return f"{error}\nRun {run_id} stopped. Every sample stored so far is safe in the trial datastore ({where}); continue the run with:\n  {command}"
+    stored = f"Run {run_id} stopped. Every sample stored so far is safe in the trial datastore ({where})"
+    if not resumable:
+        command = shlex.join(["python", "-m", "main", *overrides])
+        return f"{error}\n{stored} (python -m apprentice.export {run_id} writes them to a file); this run cannot be resumed, start it again with:\n  {command}"
+    command = shlex.join(["python", "-m", "main", *overrides, f"resume={run_id}"])
+    return f"{error}\n{stored}; continue the run with:\n  {command}"
 
 
 def stop_on_sigterm() -> None:
@@ -264,7 +270,7 @@ def main(cfg: DictConfig) -> None:
                     while True:
                         time.sleep(3600)
     except (ChildExited, ServicesUnavailable) as error:  # the children are stopped by now
-        raise SystemExit(stopped_run_message(error, run_id, cfg)) from None
+        raise SystemExit(stopped_run_message(error, run_id, cfg, getattr(training, "RESUMABLE", False))) from None
 
 
 if __name__ == "__main__":

@@ -232,6 +232,8 @@ class TrialSummary:
 class SimpleBCTraining:
     """Behavioral cloning run; its settings are the ``run`` section of the experiment config."""
 
+    RESUMABLE = True  # resume=RUN_ID replays the run's stored samples and goes on from its last stored iteration
+
     def __init__(self, cfg) -> None:
         """Checks every setting: a bad one must stop ``main`` before anything starts (ValueError)."""
         self.cfg = cfg

@@ -7,7 +7,8 @@ over the trial's samples *while the trial runs* (they are read live from the tri
 Whatever the producer passes to ``produce_sample`` comes out of the iteration, in order.
 
 Every step of every trial is in the trial datastore first, so a crash of the run loses nothing:
-``stored_samples`` replays the samples of earlier trials of the same run (``resume``).
+``stored_samples`` replays the samples of earlier trials of the same run (``resume``). A run class
+that can go on from them says so with ``RESUMABLE = True``; main refuses ``resume=`` for the others.
 """
 
 from __future__ import annotations

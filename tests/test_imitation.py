@@ -188,13 +188,18 @@ def test_a_short_dagger_run_labels_the_learners_steps_and_beats_a_random_policy(
     assert validation[-1] < validation[0]
 
 
-def test_a_wrong_task_or_expert_stops_main_before_anything_starts(tmp_path):
-    command = [sys.executable, "-m", "main", "+experiment=bc/hopper", f"expert.path={EXPERTS / 'HalfCheetah.pkl'}",
-               f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'outputs'}"]  # fmt: skip
+def main_error(tmp_path: Path, *overrides: str) -> str:
+    """What main says on stderr when it refuses to start (exit code 1)."""
+    command = [sys.executable, "-m", "main", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'outputs'}", *overrides]
     finished = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 1 and "expert.path" in finished.stderr and "Hopper-v4" in finished.stderr, finished.stderr
-    missing = subprocess.run([*command[:4], f"expert.path={tmp_path / 'nowhere.pkl'}", *command[5:]], cwd=PROJECT_ROOT,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert missing.returncode == 1 and "nowhere.pkl" in missing.stderr and "github.com/berkeleydeeprlcourse" in missing.stderr
-    unknown = subprocess.run([*command[:3], "+experiment=bc/hoper", *command[4:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert unknown.returncode == 1 and "bc/hopper" in unknown.stderr  # the available experiments are listed
+    assert finished.returncode == 1, finished.stdout[-2000:] + finished.stderr[-2000:]
+    return finished.stderr
+
+
+def test_a_wrong_task_or_expert_stops_main_before_anything_starts(tmp_path):
+    wrong_expert = main_error(tmp_path, "+experiment=bc/hopper", f"expert.path={EXPERTS / 'HalfCheetah.pkl'}")
+    assert "expert.path" in wrong_expert and "Hopper-v4" in wrong_expert
+    missing = main_error(tmp_path, "+experiment=bc/hopper", f"expert.path={tmp_path / 'nowhere.pkl'}")
+    assert "nowhere.pkl" in missing and "github.com/berkeleydeeprlcourse" in missing
+    assert "bc/hopper" in main_error(tmp_path, "+experiment=bc/hoper")  # the available experiments are listed
+    assert "cannot be resumed" in main_error(tmp_path, "+experiment=dagger/hopper", f"expert.dir={EXPERTS}", "resume=some-run")
