@@ -187,7 +187,8 @@ class Task:
     expert_path: str  # "" for the scripted teacher
 
     @classmethod
-    def from_config(cls, cfg) -> Task:
+    def from_config(cls, cfg, needs_teacher: bool = True) -> Task:
+        """The task of ``cfg``; ``needs_teacher=False`` (BC from a dataset) skips the expert file."""
         make_kwargs = OmegaConf.to_container(cfg.make_kwargs) if OmegaConf.is_config(cfg.get("make_kwargs")) else dict(cfg.get("make_kwargs") or {})
         try:
             specs = environment_specs(cfg.env_id, make_kwargs)
@@ -195,6 +196,8 @@ class Task:
             raise ValueError(f"run.env_id={cfg.env_id!r}: gymnasium cannot make it ({error}); give a registered id, e.g. Hopper-v4") from None
         teacher = cfg.teacher.implementation
         expert_path = ""
+        if not needs_teacher:
+            return cls(cfg.env_id, make_kwargs, specs, teacher, expert_path)
         if teacher == "expert":
             expert_path = str(Path(cfg.expert_path).expanduser().absolute())
             try:
@@ -330,7 +333,7 @@ class BCTraining:
         """Checks every setting and the expert file: a bad one stops ``main`` before anything starts (ValueError)."""
         self.cfg = cfg
         check_settings(cfg, ("rollouts", "epochs", "batch_size", "envs_per_trial", "parallel_trials", "eval_episodes"), ("learning_rate",))
-        self.task = Task.from_config(cfg)
+        self.task = Task.from_config(cfg, needs_teacher=not cfg.get("dataset"))
         self.dataset: Dataset | None = None
         if cfg.get("dataset"):
             try:
@@ -383,7 +386,7 @@ class BCTraining:
         log_epochs(run_session, history)
 
         returns = evaluate(model.policy(), task, cfg.eval_episodes, cfg.eval_seed)
-        expert_labels = sum(len(episode.actions) for episode in episodes)
+        expert_labels = sum(int(episode.demonstrations.sum()) for episode in episodes)
         figures = {
             "eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()), "expert_labels": expert_labels,
             "rollouts": len(episodes), "validation_loss": history[-1].validation, "training_seconds": training_seconds,

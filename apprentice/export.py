@@ -107,7 +107,7 @@ def datastore_endpoint(data_dir: Path, datastore: str | None) -> Iterator[str]:
 
 
 async def run_trials(datastore: Datastore, run_id: str) -> list[DatastoreTrialInfo]:
-    """The run's trials, in the order they were started."""
+    """The run's trials, in the datastore's order (the order it learned of them)."""
     return [info async for info in datastore.all_trials(bundle_size=100, properties={RUN_ID_PROPERTY: run_id})]
 
 
