@@ -98,7 +98,7 @@ async def wait_any(notifiers: Iterable[Notifier], timeout: float | None = None) 
 
 @dataclass(eq=False, slots=True)
 class Trial:
-    """One stored trial, in memory for the life of the process: kept small (a few hundred bytes).
+    """One stored trial, in memory for the life of the process: kept small (about a kilobyte).
 
     The params are kept serialized: a parsed TrialParams costs ~2.5 KB of native protobuf memory
     for a two-actor trial, against ~450 bytes serialized. Only the properties, which every

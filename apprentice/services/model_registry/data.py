@@ -39,7 +39,7 @@ class MemoryData:
 
 @dataclass(frozen=True, slots=True)
 class FileData:
-    path: str  # not a Path: one is kept per archived version, and a Path costs four times more
+    path: str  # not a Path: one is kept per archived version, and a Path costs several times more
     size: int
 
     async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
