@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from actors.bc import (
     ImitationModel,
@@ -99,7 +100,7 @@ class DAggerTraining:
         epoch = 0
 
         # 2. Rounds: train on everything so far, evaluate, let the learner play and the expert label.
-        for round_index in range(cfg.rounds + 1):
+        for round_index in tqdm(range(cfg.rounds + 1), desc="rounds", unit="round"):
             observations, labels = transitions(episodes)
             _train, validation = split_validation(len(observations), cfg.validation_fraction, generator)
             history = train_epochs(model, optimizer, observations, labels, validation, cfg.epochs, cfg.batch_size, generator,
@@ -111,8 +112,8 @@ class DAggerTraining:
             expert_labels = sum(int(episode.demonstrations.sum()) for episode in episodes)
             run_session.log_metrics(round_index, round_return_mean=float(returns.mean()), round_return_std=float(returns.std()),
                                     expert_labels=expert_labels, round_validation_loss=history[-1].validation)
-            print(f"round {round_index:3d}  return alone {returns.mean():8.1f} ± {returns.std():6.1f}  expert labels {expert_labels:7d}  "
-                  f"validation loss {history[-1].validation:.4f}", flush=True)
+            tqdm.write(f"round {round_index:3d}  return alone {returns.mean():8.1f} ± {returns.std():6.1f}  expert labels {expert_labels:7d}  "
+                       f"validation loss {history[-1].validation:.4f}")
             if round_index == cfg.rounds:
                 break
 
