@@ -87,17 +87,20 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple
         datastore = services.datastore_endpoint or own_services.endpoint
         model_registry = services.model_registry_endpoint or own_services.endpoint
 
-        components = services.components_endpoint
+        components = components_endpoints(services)
         if not components:
-            args = ["--port", str(services.components_port), "--host", services.host, "--model-registry", model_registry]
+            implementations = []
             for name, implementation in services.environments.items():
-                args += ["--environment", f"{name}={implementation.class_name}"]
+                implementations += ["--environment", f"{name}={implementation.class_name}"]
             for name, implementation in services.actors.items():
-                args += ["--actor", f"{name}={implementation.class_name}"]
-            supervised = start_child("components", ["-m", "apprentice.components", *args], log_dir / "components.log", supervised=True)
-            started.append(supervised)
-            watchers.append(supervised.watch)
-            components = supervised.endpoint
+                implementations += ["--actor", f"{name}={implementation.class_name}"]
+            for index, port in enumerate(components_ports(services)):
+                args = ["--port", str(port), "--host", services.host, "--model-registry", model_registry, *implementations]
+                name, log_name = ("components", "components.log") if index == 0 else (f"components {index}", f"components-{index}.log")
+                supervised = start_child(name, ["-m", "apprentice.components", *args], log_dir / log_name, supervised=True)
+                started.append(supervised)
+                watchers.append(supervised.watch)
+                components = (*components, supervised.endpoint)
 
         if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
             web = cfg.web
@@ -116,6 +119,21 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple
         yield Endpoints(orchestrator, datastore, model_registry, components, web_page=web_url), watchers, web_url
     finally:
         stop_all(list(reversed(started)))
+
+
+def components_endpoints(services: DictConfig) -> tuple[str, ...]:
+    """The components the config names (one endpoint or a list), or () when main starts its own."""
+    endpoints = services.components_endpoint
+    if not endpoints:
+        return ()
+    return tuple(endpoints) if OmegaConf.is_list(endpoints) else (endpoints,)
+
+
+def components_ports(services: DictConfig) -> list:
+    """The ports of the components processes main starts: components_port, components_port + 1, ... (0: free ones)."""
+    port = services.components_port
+    count = services.components_processes
+    return [port if port == 0 else port + index for index in range(count)] if isinstance(port, int) else [port]
 
 
 def starts_own_services(services: DictConfig) -> bool:
@@ -137,8 +155,11 @@ def check_config(cfg: DictConfig):
     ports = []
     if starts_own_services(services):
         ports.append(("services.port", services.host, services.port))
+    count = services.components_processes
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 16:
+        raise SystemExit(f"services.components_processes={count!r}: give the number of components processes, from 1 to 16")
     if not services.components_endpoint:
-        ports.append(("services.components_port", services.host, services.components_port))
+        ports += [("services.components_port", services.host, port) for port in components_ports(services)]
     if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
         ports.append(("web.port", cfg.web.host, cfg.web.port))
     for setting, host, port in ports:

@@ -40,7 +40,9 @@ class Endpoints:
     orchestrator: str
     datastore: str
     model_registry: str
-    components: str  # the environment and the service actors
+    # The environment and the service actors: one components process or more. Trial k of a run
+    # runs on components[k % len(components)] (``on_components``), spreading the trials' work over cores.
+    components: tuple[str, ...]
     web_page: str | None = None  # http://HOST:PORT of the teacher's page, when a person teaches
 
 
@@ -66,6 +68,25 @@ class SampleProducerSession:
 
 SampleProducer = Callable[[SampleProducerSession], Awaitable[None]]
 _TRIAL_DONE = object()
+
+
+def on_components(params: cogment.TrialParameters, first: str, components: str) -> cogment.TrialParameters:
+    """``params`` with what runs on the ``first`` components process moved to ``components``.
+
+    Trial parameters are built with the first components endpoint (``RunSession.actor_parameters``,
+    ``trial_parameters``); each trial is then placed on one process of the pool as it starts. The
+    caller's parameters are not changed.
+    """
+    if components == first:
+        return params
+    moved = cogment.TrialParameters(cog_settings)
+    moved.deserialize(params.serialize())
+    if moved.environment_endpoint == first:
+        moved.environment_endpoint = components
+    for actor in moved.actors:
+        if actor.endpoint == first:
+            actor.endpoint = components
+    return moved
 
 
 class ServicesUnavailable(RuntimeError):
@@ -112,7 +133,7 @@ class RunSession:
 
     def actor_parameters(self, name: str, actor_class: str, implementation: str, config, **extra) -> cogment.ActorParameters:
         """An actor served by the components, or played by a client when ``implementation`` is "client"."""
-        endpoint = "cogment://client" if implementation == CLIENT_IMPLEMENTATION else self.endpoints.components
+        endpoint = "cogment://client" if implementation == CLIENT_IMPLEMENTATION else self.endpoints.components[0]
         return cogment.ActorParameters(
             cog_settings,
             name=name,
@@ -128,7 +149,7 @@ class RunSession:
         return cogment.TrialParameters(
             cog_settings,
             environment_name="env",
-            environment_endpoint=self.endpoints.components,
+            environment_endpoint=self.endpoints.components[0],
             environment_implementation="gym",
             environment_config=environment_config,
             datalog_endpoint=self.endpoints.datastore,
@@ -180,7 +201,9 @@ class RunSession:
 
     async def _run_trial(self, trial_id: str, params, trial_index: int, sample_producer: SampleProducer, output: asyncio.Queue) -> None:
         try:
-            await wait_until_reachable(self.endpoints.components, COMPONENTS_TIMEOUT)
+            components = self.endpoints.components[trial_index % len(self.endpoints.components)]
+            params = on_components(params, self.endpoints.components[0], components)
+            await wait_until_reachable(components, COMPONENTS_TIMEOUT)
             started = await self.controller.start_trial(trial_id_requested=trial_id, trial_params=params)
             if not started:
                 raise RuntimeError(f"trial id {trial_id!r} is already in use: choose another run id")

@@ -249,7 +249,7 @@ async def run(args: argparse.Namespace) -> None:
         context = cogment.Context(user_id="bench", cog_settings=cog_settings, prometheus_registry=None)
         sessions = []
         for child in components:  # one run session per components process: the same run, the same model
-            endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, child.endpoint)
+            endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, (child.endpoint,))
             sessions.append(await RunSession(RUN_ID, None, endpoints, context, NoMetrics()).open())
         torch.manual_seed(0)
         await ImitationModel(RUN_ID, environment_specs(ENV_ID), HIDDEN_SIZES).store(sessions[0].model_registry)

@@ -175,7 +175,7 @@ async def measure(
     rate: float, frame_format: str, seconds: float, presses: int, trial_number: int,
 ) -> Measurement:  # fmt: skip
     context = cogment.Context(user_id="bench", cog_settings=cog_settings)
-    endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, components.endpoint)
+    endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, (components.endpoint,))
     session = RunSession(RUN_ID, None, endpoints, context, metrics=None)
     # The run's own settings (make run's experiment), with the person in the browser as teacher.
     run_config = OmegaConf.load(PROJECT_ROOT / "config" / "experiment" / "simple_bc" / "mountain_car.yaml").run

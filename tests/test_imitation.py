@@ -29,7 +29,7 @@ from apprentice.experts import load_expert
 from apprentice.launcher import PROJECT_ROOT, start_python
 from apprentice.metrics import MlflowStore
 from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes
-from apprentice.run import Endpoints, RunSession
+from apprentice.run import Endpoints, RunSession, on_components
 from apprentice.spaces import environment_specs
 from apprentice.teaching import BetaPer, TeacherMode
 
@@ -52,7 +52,7 @@ def endpoints(tmp_path_factory) -> Iterator[Endpoints]:
              "--actor", "expert=actors.expert.ExpertTeacher", "--actor", "scripted_teacher=actors.scripted_teacher.ScriptedTeacher"],
             directory / "components.log",
         )  # fmt: skip
-        yield Endpoints(services.endpoint, services.endpoint, services.endpoint, components.endpoint)
+        yield Endpoints(services.endpoint, services.endpoint, services.endpoint, (components.endpoint,))
     finally:
         if components is not None:
             components.stop()
@@ -174,6 +174,9 @@ def random_return(task: str, make_kwargs=None, episodes: int = 10) -> float:
 def test_a_short_bc_run_beats_a_random_policy_and_its_validation_loss_falls(tmp_path, task, env_id, overrides, margin):
     run = run_main(tmp_path, f"bc/{task}", "run.envs_per_trial=4", *overrides)
     assert run.data.metrics["eval_return_mean"] > random_return(env_id) + margin
+    # The two trials of the roll-outs ran on the two components processes of the imitation experiments.
+    for log_name in ("components.log", "components-1.log"):
+        assert "Trial test-run-expert-" in (tmp_path / "outputs" / log_name).read_text()
     validation = metric_history(run, tmp_path, "validation_loss")
     assert len(validation) >= 8 and validation[-1] < validation[0]
 
@@ -203,3 +206,15 @@ def test_a_wrong_task_or_expert_stops_main_before_anything_starts(tmp_path):
     assert "nowhere.pkl" in missing and "github.com/berkeleydeeprlcourse" in missing
     assert "bc/hopper" in main_error(tmp_path, "+experiment=bc/hoper")  # the available experiments are listed
     assert "cannot be resumed" in main_error(tmp_path, "+experiment=dagger/hopper", f"expert.dir={EXPERTS}", "resume=some-run")
+
+
+def test_trials_are_moved_onto_a_components_process_without_changing_the_callers_parameters():
+    first, other = "grpc://127.0.0.1:1", "grpc://127.0.0.1:2"
+    actors = [cogment.ActorParameters(cog_settings, name="player", class_name="player", endpoint=first, implementation="imitation"),
+              cogment.ActorParameters(cog_settings, name="teacher", class_name="teacher", endpoint="cogment://client")]
+    params = cogment.TrialParameters(cog_settings, environment_endpoint=first, environment_implementation="gym", actors=actors)
+    moved = on_components(params, first, other)
+    assert moved.environment_endpoint == other
+    assert [actor.endpoint for actor in moved.actors] == [other, "cogment://client"]
+    assert params.environment_endpoint == first and params.actors[0].endpoint == first
+    assert on_components(params, first, first) is params

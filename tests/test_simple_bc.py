@@ -256,7 +256,7 @@ async def test_a_trial_cut_short_is_told_from_a_finished_one(services, tmp_path)
                     "learning_rate": 0.001, "batch_size": 32, "publish_every": 100, "evaluate_every": 5, "approval_weight": 1.0}  # fmt: skip
         finishing = SimpleBCTraining(OmegaConf.create({**settings, "teacher": {"implementation": "scripted_teacher"}}))
         never_joined = SimpleBCTraining(OmegaConf.create({**settings, "teacher": {"implementation": "client"}}))
-        endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, components.endpoint)
+        endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, (components.endpoint,))
         context = cogment.Context(user_id="test", cog_settings=cog_settings)
         session = await RunSession("cut-short", finishing.cfg, endpoints, context, metrics=None).open()
         await SimpleBCModel("cut-short", finishing.environment_specs, [8]).store(session.model_registry)

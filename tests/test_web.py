@@ -70,7 +70,7 @@ class Stack:
     @property
     def endpoints(self) -> Endpoints:
         endpoint = self.services.endpoint
-        return Endpoints(endpoint, endpoint, endpoint, self.components.endpoint)
+        return Endpoints(endpoint, endpoint, endpoint, (self.components.endpoint,))
 
     def stats(self) -> dict:
         return web_stats(self.web)
