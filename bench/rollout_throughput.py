@@ -194,20 +194,16 @@ async def cogment_rollouts(
 ) -> Measurement:
     """``episodes`` expert roll-outs with ``collect_episodes``, the way behavioral cloning plays them.
 
-    With K components processes, K run sessions (one per process) each play 1/K of the episodes.
+    ``sessions[K - 1]`` runs its trials on the first K components processes, as main does with
+    ``services.components_processes=K`` (trial k on process k mod K).
     """
     specs = environment_specs(ENV_ID)
-    used = sessions[: setting.components]
-    plans = [RolloutPlan(episodes // len(used), setting.copies, setting.parallel // len(used), seed=0) for _ in used]
+    plan = RolloutPlan(episodes, setting.copies, setting.parallel, seed=0)
     with measuring(processes) as measured:
-        results = await asyncio.gather(*(
-            collect_episodes(session, f"{name}-{index}", ENV_ID, make_kwargs, specs, plan, seat, PLAYER.partition("=")[0])
-            for index, (session, plan) in enumerate(zip(used, plans))
-        ))  # fmt: skip
-    played = sum(len(result.episodes) for result in results)
-    if played != sum(plan.episodes for plan in plans):
-        print(f"  {name}: {played} whole episodes of {episodes} (see the components' log)")
-    return measurement(sum(result.steps for result in results), measured)
+        result = await collect_episodes(sessions[setting.components - 1], name, ENV_ID, make_kwargs, specs, plan, seat, PLAYER.partition("=")[0])
+    if len(result.episodes) != episodes:
+        print(f"  {name}: {len(result.episodes)} whole episodes of {episodes} (see the components' log)")
+    return measurement(result.steps, measured)
 
 
 def print_profile(title: str, stats: pstats.Stats, top: int = 30) -> None:
@@ -248,8 +244,8 @@ async def run(args: argparse.Namespace) -> None:
 
         context = cogment.Context(user_id="bench", cog_settings=cog_settings, prometheus_registry=None)
         sessions = []
-        for child in components:  # one run session per components process: the same run, the same model
-            endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, (child.endpoint,))
+        for count in range(1, len(components) + 1):  # sessions[K - 1]: the trials spread over the first K processes
+            endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, tuple(child.endpoint for child in components[:count]))
             sessions.append(await RunSession(RUN_ID, None, endpoints, context, NoMetrics()).open())
         torch.manual_seed(0)
         await ImitationModel(RUN_ID, environment_specs(ENV_ID), HIDDEN_SIZES).store(sessions[0].model_registry)
@@ -257,8 +253,8 @@ async def run(args: argparse.Namespace) -> None:
         processes = {"services": services.process.pid, "run": os.getpid(), **{child.name: child.process.pid for child in components}}
 
         print(f"plain Python loop, 10M additions: {measure_python_loop():.2f} s (the VM's speed right now)")
-        for index in range(len(components)):  # first connections, first makes
-            await cogment_rollouts(sessions[index:], Setting(2, 1), 2, make_kwargs, f"warm-up-{index}", seat, processes)
+        count = len(components)  # first connections, first makes: one trial on each process
+        await cogment_rollouts(sessions, Setting(2, count, count), 2 * count, make_kwargs, "warm-up", seat, processes)
 
         profiler = cProfile.Profile() if args.profile else None
         rows: list[tuple[int, Setting, Measurement, Measurement]] = []
