@@ -15,10 +15,9 @@ import numpy as np
 
 from apprentice.datasets import Episode
 from apprentice.protos.data_pb2 import Observation, PlayerAction
-from apprentice.spaces import array_from_tensor, is_noop
+from apprentice.spaces import IDLE_EPISODE, array_from_tensor, is_noop
 from apprentice.teaching import TeacherMode, decide_batch
 
-IDLE = -1  # the episode number of a copy that has played its share (environments.copies)
 FIRST_CAPACITY = 64  # steps per copy the buffers hold at first; they double as episodes grow
 
 
@@ -27,11 +26,11 @@ class _CopyBuffers:
     operation per field, never one Python step per copy (a tick of 64 copies costs what one does).
 
     Row ``c`` holds ``lengths[c]`` steps of copy ``c``'s open episode (and one observation more,
-    the one its next action answers); ``numbers[c]`` is that episode's number, IDLE without one.
+    the one its next action answers); ``numbers[c]`` is that episode's number, IDLE_EPISODE without one.
     """
 
     def __init__(self, num_envs: int) -> None:
-        self.numbers = np.full(num_envs, IDLE, dtype=np.int64)
+        self.numbers = np.full(num_envs, IDLE_EPISODE, dtype=np.int64)
         self.lengths = np.zeros(num_envs, dtype=np.int64)
         self.fields: dict[str, np.ndarray] = {}  # name: (num_envs, capacity, *row shape)
 
@@ -68,8 +67,8 @@ class EpisodeAssembler:
         finished = self._close_previous_steps(observation)
         open_ = self._open
         episodes = np.asarray(observation.episodes, dtype=np.int64)
-        playing = np.flatnonzero(episodes != IDLE)
-        starting = playing[open_.numbers[playing] == IDLE]
+        playing = np.flatnonzero(episodes != IDLE_EPISODE)
+        starting = playing[open_.numbers[playing] == IDLE_EPISODE]
         open_.numbers[starting] = episodes[starting]
         positions = open_.lengths[playing]
         open_.write("observations", playing, positions, array_from_tensor(observation.value)[playing])
@@ -105,7 +104,7 @@ class EpisodeAssembler:
     def _complete(self, copy: int, terminated: bool, truncated: bool) -> Episode:
         open_ = self._open
         length, number = int(open_.lengths[copy]), int(open_.numbers[copy])
-        open_.numbers[copy], open_.lengths[copy] = IDLE, 0
+        open_.numbers[copy], open_.lengths[copy] = IDLE_EPISODE, 0
         return Episode(
             observations=open_.take("observations", copy, length + 1),
             actions=open_.take("actions", copy, length),
@@ -122,4 +121,4 @@ class EpisodeAssembler:
     @property
     def unfinished_episodes(self) -> int:
         """Episodes still open: at the trial's end, those it stopped midway (dropped)."""
-        return int(np.count_nonzero(self._open.numbers != IDLE))
+        return int(np.count_nonzero(self._open.numbers != IDLE_EPISODE))

@@ -22,6 +22,9 @@ from apprentice.protos.data_pb2 import BoxSpace, DiscreteSpace, EnvironmentSpecs
 # What a gymnasium action is for the spaces above: an int for Discrete, an array for Box.
 GymAction = int | np.ndarray
 
+# ``Observation.episodes`` of a copy that has played its share of a vectorized trial and idles.
+IDLE_EPISODE = -1
+
 
 class InvalidAction(ValueError):
     """An action that does not belong to the environment's action space."""

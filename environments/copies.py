@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import gymnasium
 import numpy as np
 
-IDLE = -1  # the episode of a copy that has played its share
+from apprentice.spaces import IDLE_EPISODE
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class EnvironmentCopies:
         self.seed = seed
         self.total_episodes = episodes
         self.next_episode = 0
-        self.episodes = np.full(num_envs, IDLE, dtype=np.int32)
+        self.episodes = np.full(num_envs, IDLE_EPISODE, dtype=np.int32)
         self.observations: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
@@ -56,7 +56,7 @@ class EnvironmentCopies:
         terminated = np.zeros(count, dtype=bool)
         truncated = np.zeros(count, dtype=bool)
         ended = []
-        for copy in np.flatnonzero(self.episodes != IDLE):
+        for copy in np.flatnonzero(self.episodes != IDLE_EPISODE):
             observation, reward, terminated[copy], truncated[copy], _info = self.envs[copy].step(actions[copy])
             rewards[copy] = reward
             if terminated[copy] or truncated[copy]:
@@ -70,11 +70,11 @@ class EnvironmentCopies:
     @property
     def done(self) -> bool:
         """Every episode of the trial has been played."""
-        return bool((self.episodes == IDLE).all())
+        return bool((self.episodes == IDLE_EPISODE).all())
 
     def _start_episode(self, copy: int) -> np.ndarray | None:
         if self.next_episode >= self.total_episodes:
-            self.episodes[copy] = IDLE
+            self.episodes[copy] = IDLE_EPISODE
             return None
         observation, _info = self.envs[copy].reset(seed=self.seed + self.next_episode)
         self.episodes[copy] = self.next_episode

@@ -37,7 +37,7 @@ from cogment.session import ActorInfo
 
 from apprentice.cog_settings import PLAYER_ACTOR_CLASS, TEACHER_ACTOR_CLASS
 from apprentice.protos.data_pb2 import EnvironmentConfig, Observation
-from apprentice.spaces import parse_make_kwargs, tensor_from_array
+from apprentice.spaces import IDLE_EPISODE, parse_make_kwargs, tensor_from_array
 from apprentice.teaching import TeacherMode, decide, decide_batch
 from environments.copies import EnvironmentCopies
 
@@ -199,7 +199,7 @@ async def run_vectorized_trial(environment_session: EnvironmentSession, config: 
             step = decide_batch(event.actions[roles.player_index].action, teacher_action, copies.action_space, config.num_envs, mode)
             stats.invalid_teacher_actions += step.invalid_teacher_action
             stats.teacher_takeovers += int(step.teacher_performed.sum())
-            stats.steps += int((copies.episodes != -1).sum())
+            stats.steps += int((copies.episodes != IDLE_EPISODE).sum())
             result = copies.step(step.performed_actions)
             observation = Observation(
                 value=tensor_from_array(result.observations),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from apprentice.protos.data_pb2 import PlayerAction
-from apprentice.spaces import tensor_from_array
+from apprentice.spaces import IDLE_EPISODE, tensor_from_array
 from apprentice.teaching import BetaPer, TakeOverCoins, TeacherMode, decide_batch
-from environments.copies import IDLE, EnvironmentCopies
+from environments.copies import EnvironmentCopies
 
 BOX = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
@@ -86,7 +86,7 @@ def test_copies_play_whole_episodes_each_reset_on_its_own():
     tick = 0
     while not copies.done:
         playing = copies.episodes.copy()
-        for number in playing[playing != IDLE]:
+        for number in playing[playing != IDLE_EPISODE]:
             started_at.setdefault(int(number), tick)
         result = copies.step(np.ones(3, np.int64))  # always push right: episodes end at different ticks
         tick += 1
