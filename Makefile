@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard apprentice/protos/*.proto)
 
-.PHONY: run test bench protos clean
+.PHONY: run test report egl protos clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ run: $(BIN)/.installed protos
 test: $(BIN)/.installed protos /usr/bin/chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# MuJoCo renders the report's video off-screen on the CPU (MUJOCO_GL=egl) through Mesa's EGL.
+egl:
+	dpkg -s libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri)
+
+# The imitation results report (docs/results.md, plots, video); the experts are read from ../shared/experts.
+report: $(BIN)/.installed protos egl
+	$(BIN)/python bench/imitation_report.py
 
 clean:
 	rm -rf $(VENV)
