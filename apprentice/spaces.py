@@ -145,6 +145,16 @@ def is_noop(action: PlayerAction | None) -> bool:
     return action is None or not action.HasField("value")
 
 
+def action_array(action: PlayerAction | None) -> np.ndarray | None:
+    """The array an action carries; ``None`` for a NO-OP. Raises ``InvalidAction`` when it cannot be read."""
+    if is_noop(action):
+        return None
+    try:
+        return array_from_tensor(action.value)
+    except (TypeError, ValueError) as error:
+        raise InvalidAction(f"unreadable action tensor: {error}") from error
+
+
 def gym_action(action: PlayerAction, action_space: gymnasium.Space, clip: bool = False) -> GymAction | None:
     """The gymnasium action carried by ``action``; ``None`` for a NO-OP.
 
@@ -152,12 +162,9 @@ def gym_action(action: PlayerAction, action_space: gymnasium.Space, clip: bool =
     range). ``clip=True`` first clips Box values into the bounds: continuous policies routinely
     overshoot them, which is not a mistake worth failing a trial for.
     """
-    if is_noop(action):
+    array = action_array(action)
+    if array is None:
         return None
-    try:
-        array = array_from_tensor(action.value)
-    except (TypeError, ValueError) as error:
-        raise InvalidAction(f"unreadable action tensor: {error}") from error
 
     if isinstance(action_space, gymnasium.spaces.Discrete):
         if array.size != 1 or not np.issubdtype(array.dtype, np.integer):
@@ -191,12 +198,9 @@ def gym_actions(action: PlayerAction, action_space: gymnasium.Space, num_envs: i
     environment performs), ``clip=False`` keeps it as it is (an expert's label may exceed them).
     Raises ``InvalidAction`` otherwise.
     """
-    if is_noop(action):
+    array = action_array(action)
+    if array is None:
         return None
-    try:
-        array = array_from_tensor(action.value)
-    except (TypeError, ValueError) as error:
-        raise InvalidAction(f"unreadable action tensor: {error}") from error
 
     if isinstance(action_space, gymnasium.spaces.Discrete):
         if array.shape != (num_envs,) or not np.issubdtype(array.dtype, np.integer):
