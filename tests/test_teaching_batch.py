@@ -6,6 +6,7 @@ import gymnasium
 import numpy as np
 import pytest
 
+from actors.dagger import beta_for_round
 from apprentice.protos.data_pb2 import PlayerAction
 from apprentice.spaces import IDLE_EPISODE, tensor_from_array
 from apprentice.teaching import BetaPer, TakeOverCoins, TeacherMode, decide_batch
@@ -101,3 +102,11 @@ def test_copies_play_whole_episodes_each_reset_on_its_own():
         env.reset(seed=40 + number)
         alone = next(step for step in range(1, 600) if any(env.step(1)[2:4]))
         assert length == alone
+
+
+def test_the_beta_schedules():
+    assert [beta_for_round("constant", r, 0.3, 5, 0.5) for r in (1, 4)] == [0.3, 0.3]
+    assert [beta_for_round("linear", r, 0.0, 4, 0.5) for r in (1, 2, 4, 6)] == [0.75, 0.5, 0.0, 0.0]
+    assert [beta_for_round("exponential", r, 0.0, 4, 0.5) for r in (1, 2, 3)] == [0.5, 0.25, 0.125]
+    with pytest.raises(ValueError, match=r"run\.beta\.schedule"):
+        beta_for_round("cosine", 1, 0.0, 4, 0.5)
