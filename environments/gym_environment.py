@@ -197,9 +197,10 @@ async def run_vectorized_trial(environment_session: EnvironmentSession, config: 
                 continue
             teacher_action = event.actions[roles.teacher_index].action if roles.teacher_index is not None else None
             step = decide_batch(event.actions[roles.player_index].action, teacher_action, copies.action_space, config.num_envs, mode)
+            playing = copies.episodes != IDLE_EPISODE  # idle copies take no step
             stats.invalid_teacher_actions += step.invalid_teacher_action
-            stats.teacher_takeovers += int(step.teacher_performed.sum())
-            stats.steps += int((copies.episodes != IDLE_EPISODE).sum())
+            stats.teacher_takeovers += int(step.teacher_performed[playing].sum())
+            stats.steps += int(playing.sum())
             result = copies.step(step.performed_actions)
             observation = Observation(
                 value=tensor_from_array(result.observations),
