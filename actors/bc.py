@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from apprentice.model import RUN_FINISHED, Model
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentSpecs, PlayerAction
 from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes
 from apprentice.run import RunSession
+from apprentice.settings import check_number
 from apprentice.spaces import array_from_tensor, environment_specs, gym_from_space, tensor_from_array
 from apprentice.teaching import TeacherMode
 
@@ -218,19 +218,16 @@ class Task:
 
 def check_settings(cfg, integers: tuple[str, ...], positive_numbers: tuple[str, ...]) -> None:
     """Every ``run.NAME`` listed is a positive integer / a positive number, or a ValueError says which is not."""
-    for name in integers + positive_numbers:
-        value = cfg.get(name)
-        integer = name in integers
-        valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-        if not valid or (integer and value != int(value)):
-            kind = "a positive integer" if integer else "a positive number"
-            raise ValueError(f"run.{name}={value!r}: it must be {kind}; e.g. run.{name}={EXAMPLES.get(name, 1)}")
+    for name in integers:
+        check_number(cfg, name, minimum=1, example=EXAMPLES.get(name, 1), integer=True)
+    for name in positive_numbers:
+        check_number(cfg, name, minimum=0.0, example=EXAMPLES.get(name, 1), inclusive=False)
     fraction = cfg.validation_fraction
     if not isinstance(fraction, int | float) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"run.validation_fraction={fraction!r}: it must be in [0, 1), e.g. run.validation_fraction=0.1")
 
 
-EXAMPLES = {"rollouts": 10, "epochs": 100, "batch_size": 32, "learning_rate": 0.001, "envs_per_trial": 16, "parallel_trials": 2,
+EXAMPLES = {"rollouts": 10, "epochs": 100, "batch_size": 32, "learning_rate": 0.001, "envs_per_trial": 64, "parallel_trials": 2,
             "eval_episodes": 10, "rounds": 10, "rollouts_per_round": 1}
 
 

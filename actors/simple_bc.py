@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from apprentice.model_follower import FollowedModel, ModelFollowers
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
 from apprentice.sample_buffer import SampleBuffer
+from apprentice.settings import check_number
 from apprentice.spaces import ActionSpace, array_from_tensor, environment_specs, gym_from_space, is_noop
 from apprentice.teaching import TeacherMode, decide
 
@@ -238,9 +238,9 @@ class SimpleBCTraining:
         """Checks every setting: a bad one must stop ``main`` before anything starts (ValueError)."""
         self.cfg = cfg
         for name in ("num_trials", "batch_size", "publish_every", "evaluate_every"):
-            check_number(cfg, name, minimum=1, integer=True)
-        check_number(cfg, "learning_rate", minimum=0.0, inclusive=False)
-        check_number(cfg, "approval_weight", minimum=0.0)
+            check_number(cfg, name, minimum=1, example=EXAMPLE_SETTINGS[name], integer=True)
+        check_number(cfg, "learning_rate", minimum=0.0, example=EXAMPLE_SETTINGS["learning_rate"], inclusive=False)
+        check_number(cfg, "approval_weight", minimum=0.0, example=EXAMPLE_SETTINGS["approval_weight"])
         try:
             self.environment_specs = environment_specs(cfg.env_id)
         except gymnasium.error.Error as error:
@@ -414,16 +414,6 @@ class SimpleBCTraining:
 
 
 TRIAL_CUT_SHORT = "the environment or an actor stopped before the episode's end (see the components' log)"
-
-
-def check_number(cfg, name: str, minimum: float, integer: bool = False, inclusive: bool = True) -> None:
-    """``run.NAME`` must be a number (an integer if ``integer``) at least ``minimum`` (above it unless ``inclusive``)."""
-    value = cfg.get(name)
-    kind = "an integer" if integer else "a number"
-    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not is_number or (integer and value != int(value)) or value < minimum or (not inclusive and value == minimum):
-        raise ValueError(f"run.{name}={value!r}: it must be {kind} {bound}; give one, e.g. run.{name}={EXAMPLE_SETTINGS[name]}")
 
 
 EXAMPLE_SETTINGS = {"num_trials": 5, "batch_size": 32, "publish_every": 100, "evaluate_every": 5, "learning_rate": 0.001, "approval_weight": 1.0}
