@@ -1,9 +1,9 @@
 """Behavioral cloning from an expert, with roll-outs played as Cogment trials (``+experiment=bc/<task>``).
 
 Read top to bottom:
-1. ``ImitationModel``: an MLP policy (observations normalized by the data's mean and std) that
-   the model registry can store, and ``BatchPolicy``, the numpy snapshot of its weights that acts
-   on a whole batch of observations at once.
+1. ``ImitationModel``: an MLP policy, or an ensemble of K of them (observations normalized by the
+   data's mean and std), that the model registry can store; ``policy()`` is the numpy snapshot of
+   its weights that acts on a whole batch of observations at once (``apprentice.ensemble``).
 2. ``ImitationPlayer``: the ``player`` actor that acts with one iteration of the model.
 3. The pieces DAgger shares (``actors/dagger.py``): the task and its checks, training epochs with a
    held-out validation loss, evaluation of the learner alone on fixed held-out seeds.
@@ -15,7 +15,6 @@ Read top to bottom:
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 from apprentice.datasets import Dataset, Episode, load_dataset
+from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, member_batches
 from apprentice.experts import ExpertFileError, check_expert_fits, load_expert
+from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for
 from apprentice.model import RUN_FINISHED, Model
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentSpecs, PlayerAction
 from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes
@@ -49,22 +50,23 @@ torch.set_num_threads(1)
 
 
 class ImitationModel(Model):
-    """normalized observation -> hidden layers (ReLU) -> the action (Box) or one logit per action (Discrete)."""
+    """normalized observation -> hidden layers (ReLU) -> the action (Box) or one logit per action (Discrete).
 
-    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0) -> None:
+    ``ensemble_size`` K > 1 makes it K such networks trained together on bootstrapped batches: the
+    learner acts with their consensus and their disagreement is its uncertainty (``apprentice.ensemble``).
+    """
+
+    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0,
+                 ensemble_size: int = 1) -> None:
         super().__init__(model_id, iteration)
         self.environment_specs = environment_specs
         self.hidden_sizes = list(hidden_sizes)
+        self.ensemble_size = ensemble_size
         self.action_space = gym_from_space(environment_specs.action_space)
         self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
         observation_size = int(np.prod(gym_from_space(environment_specs.observation_space).shape))
         self.action_size = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
-        sizes = [observation_size, *self.hidden_sizes]
-        layers: list[nn.Module] = []
-        for size_in, size_out in itertools.pairwise(sizes):
-            layers += [nn.Linear(size_in, size_out), nn.ReLU()]
-        layers.append(nn.Linear(sizes[-1], self.action_size))
-        self.network = nn.Sequential(*layers)
+        self.network = EnsembleMLP([observation_size, *self.hidden_sizes, self.action_size], ensemble_size)
         # Set from the training data by ``fit_normalization``; identity until then.
         self.observation_mean = torch.zeros(observation_size)
         self.observation_std = torch.ones(observation_size)
@@ -79,14 +81,22 @@ class ImitationModel(Model):
         return (observations - self.observation_mean) / self.observation_std
 
     def loss(self, normalized_observations: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean squared error (Box) or cross-entropy (Discrete) of the labels."""
-        output = self.network(normalized_observations)
+        """Mean squared error (Box) or cross-entropy (Discrete) of the labels, averaged over the members.
+
+        Observations (B, obs) are one batch for every member; (K, B, obs) give each member its own
+        (bootstrapped) batch, with labels of the same leading axes. Adam scales each parameter's
+        steps by its own gradients, so averaging rather than summing over the members changes nothing.
+        """
+        output = self.network(normalized_observations)  # (K, B, out)
+        if normalized_observations.dim() == 2:
+            labels = labels.expand(self.ensemble_size, *labels.shape)
         if self.discrete:
-            return nn.functional.cross_entropy(output, labels)
+            return nn.functional.cross_entropy(output.flatten(0, 1), labels.flatten())
         return nn.functional.mse_loss(output, labels)
 
     def get_model_user_data(self) -> dict[str, str]:
-        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes))}
+        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes)),
+                "ensemble_size": str(self.ensemble_size)}
 
     @classmethod
     def serialize_model(cls, model: ImitationModel) -> bytes:
@@ -95,6 +105,7 @@ class ImitationModel(Model):
             {
                 "environment_specs": model.environment_specs.SerializeToString(),
                 "hidden_sizes": model.hidden_sizes,
+                "ensemble_size": model.ensemble_size,
                 "state_dict": model.network.state_dict(),
                 "observation_mean": model.observation_mean,
                 "observation_std": model.observation_std,
@@ -106,51 +117,31 @@ class ImitationModel(Model):
     @classmethod
     def deserialize_model(cls, serialized_model: bytes) -> ImitationModel:
         content = torch.load(io.BytesIO(serialized_model), weights_only=True)  # a model file never runs code
-        model = cls("", EnvironmentSpecs.FromString(content["environment_specs"]), content["hidden_sizes"])
+        model = cls("", EnvironmentSpecs.FromString(content["environment_specs"]), content["hidden_sizes"],
+                    ensemble_size=content["ensemble_size"])
         model.network.load_state_dict(content["state_dict"])
         model.observation_mean, model.observation_std = content["observation_mean"], content["observation_std"]
         return model
 
-    def policy(self) -> BatchPolicy:
-        """The current weights as a numpy policy (a snapshot: later training does not change it)."""
-        linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
-        return BatchPolicy(
-            layers=[(linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy()) for linear in linears],
-            observation_mean=self.observation_mean.numpy().copy(),
-            observation_std=self.observation_std.numpy().copy(),
+    def policy(self) -> EnsemblePolicy:
+        """The current weights as a numpy policy on batches (a snapshot: later training does not change it)."""
+        return EnsemblePolicy(
+            layers=self.network.numpy_layers(),
+            observation_offset=self.observation_mean.numpy().copy(),
+            observation_scale=self.observation_std.numpy().copy(),
             action_space=self.action_space,
             iteration=self.iteration,
         )
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """The network's forward pass in numpy on a batch (N, obs): acting needs no torch (see simple_bc.GreedyPolicy)."""
-
-    layers: list[tuple[np.ndarray, np.ndarray]]  # (weight transposed, bias) of each Linear
-    observation_mean: np.ndarray
-    observation_std: np.ndarray
-    action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box
-    iteration: int
-
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        """Greedy actions for observations of shape (N, obs): (N,) ints or (N, *action_shape) within the bounds."""
-        values = (np.asarray(observations, dtype=np.float32).reshape(len(observations), -1) - self.observation_mean) / self.observation_std
-        *hidden, (last_weight, last_bias) = self.layers
-        for weight, bias in hidden:
-            values = np.maximum(values @ weight + bias, 0.0)
-        output = values @ last_weight + last_bias
-        if isinstance(self.action_space, gymnasium.spaces.Discrete):
-            return output.argmax(axis=1).astype(np.int64)
-        actions = output.reshape(len(observations), *self.action_space.shape).astype(self.action_space.dtype)
-        return np.clip(actions, self.action_space.low, self.action_space.high)
 
 
 # --- 2. The actor ----------------------------------------------------------------------------
 
 
 class ImitationPlayer:
-    """The ``player`` of vectorized trials: acts with iteration ``ActorConfig.model_iteration`` (-1: the latest)."""
+    """The ``player`` of vectorized trials: acts with iteration ``ActorConfig.model_iteration`` (-1: the latest).
+
+    With ``ActorConfig.help`` it also says, for each copy, whether it asks for help (``apprentice.help``).
+    """
 
     def __init__(self, cfg: dict, model_registry) -> None:
         self.model_registry = model_registry
@@ -162,14 +153,17 @@ class ImitationPlayer:
         config: ActorConfig = actor_session.config
         model = await ImitationModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
         policy = model.policy()
+        gate = gate_for(config)
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                 observation = event.observation.observation
                 if not observation.episodes:
                     raise ValueError("the imitation player plays vectorized trials (EnvironmentConfig.num_envs >= 1)")
-                action = PlayerAction(value=tensor_from_array(policy.act(array_from_tensor(observation.value))))
+                decision = policy.decide(array_from_tensor(observation.value))
+                action = PlayerAction(value=tensor_from_array(decision.actions))
                 action.model_iteration = policy.iteration
+                add_help_request(action, gate, decision.uncertainty)
                 actor_session.do_action(action)
 
 
@@ -227,14 +221,17 @@ def check_settings(cfg, integers: tuple[str, ...], positive_numbers: tuple[str, 
         raise ValueError(f"run.validation_fraction={fraction!r}: it must be in [0, 1), e.g. run.validation_fraction=0.1")
 
 
-EXAMPLES = {"rollouts": 10, "epochs": 100, "batch_size": 32, "learning_rate": 0.001, "envs_per_trial": 64, "parallel_trials": 2,
+EXAMPLES = {"ensemble_size": 5, "rollouts": 10, "epochs": 100, "batch_size": 32, "learning_rate": 0.001, "envs_per_trial": 64, "parallel_trials": 2,
             "eval_episodes": 10, "rounds": 10, "rollouts_per_round": 1}
 
 
-def transitions(episodes: list[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every step's observation and label, as tensors (float32 observations; int64 or float32 labels)."""
+def transitions(episodes: list[Episode], demonstrations_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every step's observation and label (or only the teacher's labels), as tensors (float32 observations; int64 or float32 labels)."""
     observations = np.concatenate([episode.observations[:-1] for episode in episodes]).reshape(-1, episodes[0].observations[0].size)
     labels = np.concatenate([episode.labels for episode in episodes])
+    if demonstrations_only:
+        kept = np.concatenate([episode.demonstrations for episode in episodes])
+        observations, labels = observations[kept], labels[kept]
     if np.issubdtype(labels.dtype, np.integer):
         label_tensor = torch.as_tensor(labels.reshape(-1), dtype=torch.int64)
     else:
@@ -261,6 +258,8 @@ def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observ
                  description: str = "epochs") -> list[EpochLosses]:
     """``epochs`` passes over the training transitions in shuffled batches; the validation loss after each.
 
+    Each member of an ensemble gets its own batches (``apprentice.ensemble.member_batches``: one
+    member sees every transition once per epoch, several see bootstrap resamples of them).
     ``observations`` are normalized by the caller's model once, before the loop: the loop itself
     is a bare torch loop over tensors (bench/bc_training_speed.py compares the two).
     """
@@ -271,10 +270,10 @@ def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observ
     validation_inputs, validation_labels = inputs[validation], labels[validation]
     history = []
     for epoch in tqdm(range(first_epoch, first_epoch + epochs), desc=description, unit="epoch", leave=False):
-        order = torch.randperm(len(train_inputs), generator=generator)
+        order = member_batches(len(train_inputs), model.ensemble_size, generator)  # (K, N)
         total, batches = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for start in range(0, order.shape[1], batch_size):
+            batch = order[:, start : start + batch_size]
             loss = model.loss(train_inputs[batch], train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -329,7 +328,11 @@ class BCTraining:
     def __init__(self, cfg) -> None:
         """Checks every setting and the expert file: a bad one stops ``main`` before anything starts (ValueError)."""
         self.cfg = cfg
-        check_settings(cfg, ("rollouts", "epochs", "batch_size", "envs_per_trial", "parallel_trials", "eval_episodes"), ("learning_rate",))
+        check_settings(cfg, ("rollouts", "epochs", "batch_size", "envs_per_trial", "parallel_trials", "eval_episodes", "ensemble_size"),
+                       ("learning_rate",))
+        if HelpSettings.from_config(cfg.help, cfg.ensemble_size).mode is HelpMode.ASK:
+            raise ValueError("run.help.mode=ask: behavioral cloning's roll-outs are the expert's, the learner never plays them; "
+                             "a learner asks for help in DAgger's rounds (+experiment=dagger/<task> run.help.mode=ask)")
         self.task = Task.from_config(cfg, needs_teacher=not cfg.get("dataset"))
         self.dataset: Dataset | None = None
         if cfg.get("dataset"):
@@ -351,7 +354,7 @@ class BCTraining:
         registry = run_session.model_registry
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
-        model = ImitationModel(run_session.run_id, task.specs, list(cfg.hidden_sizes))
+        model = ImitationModel(run_session.run_id, task.specs, list(cfg.hidden_sizes), ensemble_size=cfg.ensemble_size)
         await model.store(registry)  # the player's policy during the expert's roll-outs (it does not matter: the expert plays)
         run_session.log_params(run_parameters(cfg, task))
 
@@ -397,7 +400,7 @@ class BCTraining:
 
 def run_parameters(cfg, task: Task) -> dict:
     """The run's settings as MLflow parameters."""
-    names = ("rollouts", "epochs", "batch_size", "learning_rate", "hidden_sizes", "envs_per_trial", "parallel_trials", "seed",
+    names = ("rollouts", "epochs", "batch_size", "learning_rate", "hidden_sizes", "ensemble_size", "envs_per_trial", "parallel_trials", "seed",
              "eval_episodes", "eval_seed", "validation_fraction", "rounds", "rollouts_per_round", "dataset")
     parameters = {name: cfg.get(name) for name in names if cfg.get(name) is not None}
     parameters["hidden_sizes"] = list(cfg.hidden_sizes)

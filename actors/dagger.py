@@ -11,6 +11,11 @@ Read top to bottom (the model, the player, training and evaluation are behaviora
    data, and training goes on for ``run.epochs`` epochs over all of it (warm start; the
    observations keep round 0's normalization). Each round ends with an evaluation of the learner
    alone on the same held-out seeds, so the return per round is comparable.
+
+With ``run.help.mode=ask`` (robot-gated DAgger, as ThriftyDAgger) the learner is an ensemble
+(``run.ensemble_size``) and asks for help where its members disagree, within ``run.help.budget``;
+the expert's action labels only those steps (``apprentice.teaching``), the others keep the
+learner's own action, are not demonstrations and are not trained on.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from actors.bc import (
     train_epochs,
     transitions,
 )
+from apprentice.help import HelpSettings
 from apprentice.model import RUN_FINISHED
-from apprentice.rollouts import RolloutPlan, collect_episodes
+from apprentice.rollouts import RolloutPlan, RolloutResult, collect_episodes
 from apprentice.run import RunSession
 from apprentice.teaching import BetaPer, TeacherMode
 
 BETA_SCHEDULES = ("constant", "linear", "exponential")
+UNCERTAINTY_QUANTILES = (0.5, 0.9, 0.99)
 
 
 def beta_for_round(schedule: str, round_index: int, value: float, rounds: int, decay: float) -> float:
@@ -57,6 +64,24 @@ def beta_for_round(schedule: str, round_index: int, value: float, rounds: int, d
     raise ValueError(f"run.beta.schedule={schedule!r}: use one of {', '.join(BETA_SCHEDULES)}")
 
 
+def help_figures(rollouts: RolloutResult) -> dict[str, float]:
+    """A round's help: how often the learner asked and the expert answered, how often the expert's action
+    was performed (beta) or was the label, and the quantiles of the learner's uncertainty."""
+    episodes = rollouts.episodes
+    asked = np.concatenate([episode.asked for episode in episodes])
+    answered = np.concatenate([episode.answered for episode in episodes])
+    uncertainty = np.concatenate([episode.uncertainty for episode in episodes])
+    figures = {
+        "asked_rate": float(asked.mean()),
+        "answered_rate": float(answered.sum() / max(asked.sum(), 1)),
+        "takeover_rate": rollouts.teacher_performed_steps / max(rollouts.steps, 1),
+        "labelled_rate": float(np.concatenate([episode.demonstrations for episode in episodes]).mean()),
+    }
+    for quantile in UNCERTAINTY_QUANTILES:
+        figures[f"uncertainty_q{round(quantile * 100)}"] = float(np.quantile(uncertainty, quantile))
+    return figures
+
+
 class DAggerTraining:
     """DAgger; its settings are the ``run`` section of ``config/experiment/dagger/<task>.yaml``."""
 
@@ -64,7 +89,8 @@ class DAggerTraining:
         """Checks every setting and the expert file: a bad one stops ``main`` before anything starts (ValueError)."""
         self.cfg = cfg
         check_settings(cfg, ("rollouts", "rounds", "rollouts_per_round", "epochs", "batch_size", "envs_per_trial", "parallel_trials",
-                             "eval_episodes"), ("learning_rate",))
+                             "eval_episodes", "ensemble_size"), ("learning_rate",))
+        self.help = HelpSettings.from_config(cfg.help, cfg.ensemble_size)
         beta = cfg.beta
         if beta.schedule not in BETA_SCHEDULES:
             raise ValueError(f"run.beta.schedule={beta.schedule!r}: use one of {', '.join(BETA_SCHEDULES)}")
@@ -82,9 +108,9 @@ class DAggerTraining:
         registry = run_session.model_registry
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
-        model = ImitationModel(run_session.run_id, task.specs, list(cfg.hidden_sizes))
+        model = ImitationModel(run_session.run_id, task.specs, list(cfg.hidden_sizes), ensemble_size=cfg.ensemble_size)
         await model.store(registry)
-        run_session.log_params({**run_parameters(cfg, task), "beta": dict(cfg.beta)})
+        run_session.log_params({**run_parameters(cfg, task), "beta": dict(cfg.beta), "help": dict(cfg.help)})
         started = time.perf_counter()
 
         # 1. Round 0: the expert's roll-outs, behavioral cloning.
@@ -101,7 +127,8 @@ class DAggerTraining:
 
         # 2. Rounds: train on everything so far, evaluate, let the learner play and the expert label.
         for round_index in tqdm(range(cfg.rounds + 1), desc="rounds", unit="round"):
-            observations, labels = transitions(episodes)
+            # The expert's labels only: a gated learner's steps it did not ask about keep its own action.
+            observations, labels = transitions(episodes, demonstrations_only=True)
             _train, validation = split_validation(len(observations), cfg.validation_fraction, generator)
             history = train_epochs(model, optimizer, observations, labels, validation, cfg.epochs, cfg.batch_size, generator,
                                    first_epoch=epoch, description=f"round {round_index} epochs")
@@ -122,10 +149,10 @@ class DAggerTraining:
             plan = RolloutPlan(cfg.rollouts_per_round, cfg.envs_per_trial, cfg.parallel_trials, cfg.seed + 10_000 * (round_index + 1))
             rollouts = await collect_episodes(run_session, f"round-{round_index + 1}", task.env_id, task.make_kwargs, task.specs, plan,
                                               task.teacher_seat(TeacherMode.LABEL, beta=beta, beta_per=BetaPer(cfg.beta.per)),
-                                              cfg.player.implementation, model.iteration)
+                                              cfg.player.implementation, model.iteration, self.help)
             episodes += rollouts.episodes
             run_session.log_metrics(round_index + 1, beta=beta, learner_rollout_return=float(np.mean(episode_returns(rollouts.episodes))),
-                                    expert_performed_steps=rollouts.teacher_performed_steps)
+                                    expert_performed_steps=rollouts.teacher_performed_steps, **help_figures(rollouts))
 
         figures = {"eval_return_mean": float(returns.mean()), "eval_return_std": float(returns.std()), "wall_seconds": time.perf_counter() - started}
         run_session.log_metrics(epoch, **figures)  # expert_labels is logged per round (step = round) above

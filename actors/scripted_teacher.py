@@ -6,6 +6,10 @@ the previous step (``Observation.last_player_action``): when the agent pushed ag
 velocity (or did not push), the teacher takes over with the expert push; otherwise it approves
 (NO-OP). Like a person, it reacts one step late.
 
+With ``ActorConfig.only_when_asked`` it does not watch: it acts only when the agent asked for help
+at the previous step (``PlayerAction.ask_for_help`` in ``last_player_action``), taking over if the
+agent's last push was wrong and approving it explicitly (``PlayerAction.approve``) if it was right.
+
 In a vectorized trial (no person could watch N copies) it acts as an expert instead, like
 ``actors.expert``: the expert push for every copy, performed in ``override`` mode, the label in
 ``label`` mode (DAgger with the scripted teacher as labeller).
@@ -71,6 +75,12 @@ class ScriptedTeacher:
                 if observation.episodes:  # a vectorized trial
                     actor_session.do_action(expert_action(observation, expert_pushes, coins))
                     continue
-                last_player_action = gym_action(observation.last_player_action, action_space) if observation.HasField("last_player_action") else None
+                last = observation.last_player_action if observation.HasField("last_player_action") else None
+                if config.only_when_asked and not (last is not None and any(last.ask_for_help)):
+                    actor_session.do_action(teacher_actions.create())  # not asked: it does not watch
+                    continue
+                last_player_action = gym_action(last, action_space) if last is not None else None
                 decision = teacher_decision(array_from_tensor(observation.value), last_player_action)
-                actor_session.do_action(teacher_actions.create(value=decision))  # None: NO-OP
+                action = teacher_actions.create(value=decision)  # None: NO-OP
+                action.approve = decision is None and config.only_when_asked  # asked, and the agent was right
+                actor_session.do_action(action)

@@ -1,8 +1,9 @@
 """Behavioral cloning with a teacher in the loop (the full version of tutorial step 4).
 
 Read top to bottom:
-1. ``SimpleBCModel``: an MLP policy that the model registry can store, trained with torch, and
-   ``GreedyPolicy``, the numpy snapshot of its weights that acts.
+1. ``SimpleBCModel``: an MLP policy (or an ensemble of K of them) that the model registry can
+   store, trained with torch; ``policy()`` is the numpy snapshot of its weights that acts
+   (``apprentice.ensemble.EnsemblePolicy``).
 2. ``SimpleBCActor``: the ``player`` that acts with the latest published iteration.
 3. ``SimpleBCTraining``: the run. It publishes an untrained model, starts trials one after
    another, turns each step into a sample ``(demonstration, observation, action)`` and trains
@@ -15,7 +16,6 @@ nothing (NO-OP) approves the agent's action. ``apprentice.teaching.decide`` is t
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import statistics
 from dataclasses import dataclass
@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from actors.scripted_teacher import SUPPORTED_ENV_IDS as SCRIPTED_TEACHER_ENV_IDS
+from apprentice.ensemble import EnsembleMLP, EnsemblePolicy
+from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for
 from apprentice.model import RUN_FINISHED, Model
 from apprentice.model_follower import FollowedModel, ModelFollowers
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
@@ -46,24 +48,26 @@ torch.set_num_threads(1)
 
 
 class SimpleBCModel(Model):
-    """observation -> hidden layers (ReLU) -> one logit per action (Discrete) or the action (Box)."""
+    """observation -> hidden layers (ReLU) -> one logit per action (Discrete) or the action (Box).
 
-    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0):
+    ``ensemble_size`` K > 1 makes it K such networks trained together on bootstrapped batches: the
+    agent acts with their consensus and their disagreement is its uncertainty (``apprentice.ensemble``).
+    """
+
+    def __init__(self, model_id: str, environment_specs: EnvironmentSpecs, hidden_sizes: list[int], iteration: int = 0,
+                 ensemble_size: int = 1):
         super().__init__(model_id, iteration)
         self.environment_specs = environment_specs
         self.hidden_sizes = list(hidden_sizes)
+        self.ensemble_size = ensemble_size
         self.training_steps = 0  # saved with the weights, so a resumed run keeps counting
         self.observation_space = gym_from_space(environment_specs.observation_space)
         self.action_space = gym_from_space(environment_specs.action_space)
         self.discrete = isinstance(self.action_space, gymnasium.spaces.Discrete)
-        sizes = [int(np.prod(self.observation_space.shape)), *self.hidden_sizes]
-        layers: list[nn.Module] = []
-        for size_in, size_out in itertools.pairwise(sizes):
-            layers += [nn.Linear(size_in, size_out), nn.ReLU()]
+        observation_size = int(np.prod(self.observation_space.shape))
         output_size = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
-        layers.append(nn.Linear(sizes[-1], output_size))
-        self.network = nn.Sequential(*layers)
-        unbounded = np.full(sizes[0], np.inf, dtype=np.float32)
+        self.network = EnsembleMLP([observation_size, *self.hidden_sizes, output_size], ensemble_size)
+        unbounded = np.full(observation_size, np.inf, dtype=np.float32)
         low = np.asarray(getattr(self.observation_space, "low", -unbounded), dtype=np.float32).reshape(-1)
         high = np.asarray(getattr(self.observation_space, "high", unbounded), dtype=np.float32).reshape(-1)
         bounded = np.isfinite(low) & np.isfinite(high) & (high > low)
@@ -72,7 +76,8 @@ class SimpleBCModel(Model):
         self._observation_half_range = ((high - low) / 2).astype(np.float32)
 
     def get_model_user_data(self) -> dict[str, str]:
-        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes))}
+        return {"env_id": self.environment_specs.env_id, "hidden_sizes": ",".join(map(str, self.hidden_sizes)),
+                "ensemble_size": str(self.ensemble_size)}
 
     @classmethod
     def serialize_model(cls, model: SimpleBCModel) -> bytes:
@@ -81,6 +86,7 @@ class SimpleBCModel(Model):
             {
                 "environment_specs": model.environment_specs.SerializeToString(),
                 "hidden_sizes": model.hidden_sizes,
+                "ensemble_size": model.ensemble_size,
                 "training_steps": model.training_steps,
                 "state_dict": model.network.state_dict(),
             },
@@ -93,7 +99,7 @@ class SimpleBCModel(Model):
         # weights_only: a model file can never run code when it is loaded.
         content = torch.load(io.BytesIO(serialized_model), weights_only=True)
         specs = EnvironmentSpecs.FromString(content["environment_specs"])
-        model = cls("", specs, content["hidden_sizes"])
+        model = cls("", specs, content["hidden_sizes"], ensemble_size=content["ensemble_size"])
         model.network.load_state_dict(content["state_dict"])
         model.training_steps = content["training_steps"]
         return model
@@ -112,54 +118,27 @@ class SimpleBCModel(Model):
             return torch.tensor(int(action), dtype=torch.int64)
         return torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(-1))
 
-    def greedy_policy(self) -> GreedyPolicy:
+    def policy(self) -> EnsemblePolicy:
         """The policy of the current weights, to act with (a snapshot: later training does not change it)."""
-        linears = [layer for layer in self.network if isinstance(layer, nn.Linear)]
-        return GreedyPolicy(
-            layers=[(linear.weight.detach().numpy().T.copy(), linear.bias.detach().numpy().copy()) for linear in linears],
-            observation_center=self._observation_center,
-            observation_half_range=self._observation_half_range,
+        return EnsemblePolicy(
+            layers=self.network.numpy_layers(),
+            observation_offset=self._observation_center,
+            observation_scale=self._observation_half_range,
             action_space=self.action_space,
             iteration=self.iteration,
         )
 
     def loss(self, observations: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Weighted cross-entropy (Discrete) or squared error (Box) of the labels."""
-        output = self.network(observations)
+        """Weighted cross-entropy (Discrete) or squared error (Box) of the labels, averaged over the members.
+
+        Each member has its own batch: observations (K, B, obs), actions (K, B[, action]), weights (K, B).
+        """
+        output = self.network(observations)  # (K, B, out)
         if self.discrete:
-            per_sample = nn.functional.cross_entropy(output, actions, reduction="none")
+            per_sample = nn.functional.cross_entropy(output.flatten(0, 1), actions.flatten(), reduction="none").view(weights.shape)
         else:
-            per_sample = ((output - actions) ** 2).mean(dim=1)
-        return (per_sample * weights).sum() / weights.sum().clamp(min=1e-8)
-
-
-@dataclass(frozen=True)
-class GreedyPolicy:
-    """The network's forward pass in numpy, for one observation at a time: the greedy action.
-
-    Acting needs no gradients and no batches, and torch's per-operation overhead dominates such a
-    tiny network: timed inside the components process during bench/trial_throughput.py, among gRPC
-    and asyncio, one torch forward took ~350 µs against ~80 µs for this one (50 and 8 µs in a tight
-    loop), and the actor acts at every step of every trial. The layers are those of
-    ``SimpleBCModel.network`` (Linear, ReLU, ..., Linear); a test checks both give the same actions.
-    """
-
-    layers: list[tuple[np.ndarray, np.ndarray]]  # (weight transposed, bias) of each Linear
-    observation_center: np.ndarray
-    observation_half_range: np.ndarray
-    action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box
-    iteration: int
-
-    def act(self, observation: np.ndarray):
-        """The greedy action, in gymnasium form."""
-        values = (np.asarray(observation, dtype=np.float32).reshape(-1) - self.observation_center) / self.observation_half_range
-        *hidden, (last_weight, last_bias) = self.layers
-        for weight, bias in hidden:
-            values = np.maximum(values @ weight + bias, 0.0)
-        output = values @ last_weight + last_bias
-        if isinstance(self.action_space, gymnasium.spaces.Discrete):
-            return int(output.argmax())
-        return np.clip(output.reshape(self.action_space.shape), self.action_space.low, self.action_space.high)
+            per_sample = ((output - actions) ** 2).mean(dim=2)
+        return ((per_sample * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-8)).mean()
 
 
 # --- 2. The actor ----------------------------------------------------------------------------
@@ -174,7 +153,7 @@ class SimpleBCActor:
 
     def __init__(self, cfg: dict, model_registry) -> None:
         self.model_registry = model_registry
-        self.followers = ModelFollowers(model_registry, SimpleBCModel, SimpleBCModel.greedy_policy)
+        self.followers = ModelFollowers(model_registry, SimpleBCModel, SimpleBCModel.policy)
 
     def get_actor_classes(self) -> list[str]:
         return ["player"]
@@ -183,21 +162,24 @@ class SimpleBCActor:
         config: ActorConfig = actor_session.config
         if config.model_iteration != -1:
             model = await SimpleBCModel.retrieve_model(self.model_registry, config.model_id, config.model_iteration)
-            await self._play(actor_session, PinnedPolicy(model.greedy_policy()))
+            await self._play(actor_session, PinnedPolicy(model.policy()))
             return
         async with self.followers.follow(config.model_id) as latest:
             await self._play(actor_session, latest)
 
-    async def _play(self, actor_session, policy: PinnedPolicy | FollowedModel[GreedyPolicy]) -> None:
-        """Act on each observation with ``policy.current``, read anew at each step."""
+    async def _play(self, actor_session, policy: PinnedPolicy | FollowedModel[EnsemblePolicy]) -> None:
+        """Act on each observation with ``policy.current``, read anew at each step; ask for help where unsure."""
         actions = ActionSpace(policy.current.action_space)  # every iteration of a model shares its spaces
+        gate = gate_for(actor_session.config)
         actor_session.start()
         async for event in actor_session.all_events():
             if event.observation is not None and event.type == cogment.EventType.ACTIVE:
                 observation = array_from_tensor(event.observation.observation.value)
                 current = policy.current
-                action = actions.create(value=current.act(observation))
+                decision = current.decide(observation[np.newaxis])
+                action = actions.create(value=decision.actions[0])
                 action.model_iteration = current.iteration
+                add_help_request(action, gate, decision.uncertainty)
                 actor_session.do_action(action)
 
 
@@ -205,7 +187,7 @@ class SimpleBCActor:
 class PinnedPolicy:
     """One iteration for the whole trial (``ActorConfig.model_iteration`` other than -1)."""
 
-    current: GreedyPolicy
+    current: EnsemblePolicy
 
 
 # --- 3. The run: trials, samples, online training --------------------------------------------
@@ -218,7 +200,10 @@ class TrialSummary:
     trial_index: int
     steps: int = 0
     total_return: float = 0.0
-    demonstrations: int = 0
+    demonstrations: int = 0  # steps the teacher took over
+    approvals: int = 0  # steps the teacher explicitly approved
+    asked: int = 0  # steps the agent asked for help at
+    answered: int = 0  # of those, the steps the teacher answered (took over or approved)
     invalid_teacher_actions: int = 0
     teacher_seconds: float = 0.0  # time during which the teacher was acting (holding a key)
     # False when the samples ended before the environment's final observation: the trial was cut
@@ -252,6 +237,11 @@ class SimpleBCTraining:
             )
         # Parsed here: a typo must stop the run before anyone teaches, not at the first evaluation.
         self.success_rule = SuccessRule.parse(cfg.get("eval_success", "terminated"))
+        check_number(cfg, "ensemble_size", minimum=1, example=5, integer=True)
+        self.help = HelpSettings.from_config(cfg.help, cfg.ensemble_size)
+        if cfg.teacher.get("only_when_asked") and self.help.mode is not HelpMode.ASK:
+            raise ValueError("teacher=scripted_when_asked answers the agent's requests for help, and this agent never asks: "
+                             "add run.help.mode=ask run.ensemble_size=5")
 
     # The teacher's slot: a scripted teacher served by the components, or a person through the
     # web page ("client"). A person may close the tab: the slot is optional and defaults to NO-OP.
@@ -263,12 +253,15 @@ class SimpleBCTraining:
             seed=cfg.seed + trial_index,
             model_id=run_session.run_id,
             model_iteration=-1,
+            help=self.help.message(),
         )
         actors = [run_session.actor_parameters("player", "player", cfg.player.implementation, actor_config)]
         if cfg.teacher.implementation:
             teacher_options = {"optional": True, "default_action": ActionSpace.from_specs(self.environment_specs, with_noop=True).create()} if human else {}
+            teacher_config = ActorConfig(environment_specs=self.environment_specs, seed=cfg.seed + trial_index,
+                                         only_when_asked=bool(cfg.teacher.get("only_when_asked", False)))
             actors.append(
-                run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, actor_config, **teacher_options)
+                run_session.actor_parameters("teacher", "teacher", cfg.teacher.implementation, teacher_config, **teacher_options)
             )
         environment_config = EnvironmentConfig(
             env_id=cfg.env_id, seed=cfg.seed + trial_index, render=human, teacher_mode=TeacherMode.OVERRIDE.value
@@ -294,11 +287,16 @@ class SimpleBCTraining:
                 continue  # the final observation (after the last action), or a tick the player missed
             step = decide(player.action, teacher.action if teacher else None, action_space)
             observation = array_from_tensor(player.observation.value)
-            session.produce_sample((step.demonstration, model.observation_tensor(observation), model.action_tensor(step.label)))
+            # A label the teacher gave or explicitly approved counts as taught; a NO-OP is implicit approval.
+            taught = step.demonstration or step.approved
+            session.produce_sample((taught, model.observation_tensor(observation), model.action_tensor(step.label)))
 
             summary.steps += 1
             summary.total_return += player.reward or 0.0
             summary.demonstrations += step.demonstration
+            summary.approvals += step.approved
+            summary.asked += step.asked
+            summary.answered += step.answered
             summary.invalid_teacher_actions += step.invalid_teacher_action
             previous_was_demonstration = step.demonstration
         session.produce_sample(summary)
@@ -307,7 +305,7 @@ class SimpleBCTraining:
         cfg = self.cfg
         registry = run_session.model_registry
         torch.manual_seed(cfg.seed)
-        model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes))
+        model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes), ensemble_size=cfg.ensemble_size)
         samples = SampleBuffer()
         first_trial, teacher_seconds = 0, 0.0
 
@@ -327,6 +325,8 @@ class SimpleBCTraining:
                 {
                     "env_id": cfg.env_id,
                     "hidden_sizes": list(cfg.hidden_sizes),
+                    "ensemble_size": cfg.ensemble_size,
+                    "help": dict(cfg.help),
                     "learning_rate": cfg.learning_rate,
                     "batch_size": cfg.batch_size,
                     "train_only_from_demonstration": cfg.train_only_from_demonstration,
@@ -358,11 +358,15 @@ class SimpleBCTraining:
                     teacher_seconds=teacher_seconds,
                     demonstrations=samples.demonstration_count,
                     invalid_teacher_actions=sample.invalid_teacher_actions,
+                    approval_rate=sample.approvals / max(sample.steps, 1),
+                    asked_rate=sample.asked / max(sample.steps, 1),
+                    answered_rate=sample.answered / max(sample.asked, 1),
                 )
+                asked = f"  asked {sample.asked / max(sample.steps, 1):6.1%}" if self.help.mode is HelpMode.ASK else ""
                 ended_early = f"  ended early: {TRIAL_CUT_SHORT}" if sample.ended_early() else ""
                 print(
                     f"trial {first_trial + sample.trial_index + 1:3d}  steps {sample.steps:4d}  return {sample.total_return:8.1f}  "
-                    f"intervention {intervention_rate:6.1%}  iteration {model.iteration:4d}  loss {loss_value:.4f}{ended_early}",
+                    f"intervention {intervention_rate:6.1%}{asked}  iteration {model.iteration:4d}  loss {loss_value:.4f}{ended_early}",
                     flush=True,
                 )
                 continue
@@ -372,8 +376,9 @@ class SimpleBCTraining:
             if population < cfg.batch_size:
                 continue
 
-            # One training step per new sample, on a batch drawn from everything kept so far.
-            picks = torch.randint(population, (cfg.batch_size,), generator=generator)
+            # One training step per new sample, on a batch drawn from everything kept so far (with
+            # replacement: one bootstrapped batch per member of the ensemble).
+            picks = torch.randint(population, (model.ensemble_size, cfg.batch_size), generator=generator)
             indexes = samples.demonstration_indexes()[picks] if cfg.train_only_from_demonstration else picks
             demonstrations, observations, labels = samples.batch(indexes)
             weights = torch.where(demonstrations, 1.0, float(cfg.approval_weight))
@@ -387,15 +392,17 @@ class SimpleBCTraining:
             run_session.log_metrics(model.training_steps, loss=loss_value, total_samples=len(samples))
 
             if model.training_steps % cfg.publish_every == 0:
-                # The iteration carries its training figures: the web page draws the loss trend from them.
+                # The iteration carries its training figures: the web page draws the loss trend and the
+                # success of the agent alone (when this publication is evaluated) from them.
                 mean_loss = statistics.fmean(losses_since_publication)
                 losses_since_publication.clear()
-                await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(samples))
                 publications += 1
-                run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
+                evaluation = {}
                 if publications % cfg.evaluate_every == 0:
-                    success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, self.success_rule)
-                    run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
+                    evaluation["eval_success_rate"] = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, self.success_rule)
+                    run_session.log_metrics(model.training_steps, **evaluation, eval_teacher_seconds=teacher_seconds)
+                await model.store(registry, loss=mean_loss, training_steps=model.training_steps, samples=len(samples), **evaluation)
+                run_session.log_metrics(model.training_steps, model_iteration=model.iteration)
 
         success_rate = evaluate(model, cfg.env_id, cfg.eval_episodes, cfg.eval_seed, self.success_rule)
         run_session.log_metrics(model.training_steps, eval_success_rate=success_rate, eval_teacher_seconds=teacher_seconds)
@@ -452,7 +459,7 @@ class SuccessRule:
 
 def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, rule: SuccessRule) -> float:
     """Share of successful episodes of the agent alone, on held-out seeds."""
-    policy = model.greedy_policy()
+    policy = model.policy()
     env = gymnasium.make(env_id)
     successes = 0
     try:
@@ -460,7 +467,7 @@ def evaluate(model: SimpleBCModel, env_id: str, episodes: int, first_seed: int, 
             observation, _info = env.reset(seed=first_seed + episode)
             episode_return = 0.0
             while True:
-                observation, reward, terminated, truncated, _info = env.step(policy.act(observation))
+                observation, reward, terminated, truncated, _info = env.step(policy.act_one(observation))
                 episode_return += float(reward)
                 if terminated or truncated:
                     successes += rule.succeeded(terminated, truncated, episode_return)

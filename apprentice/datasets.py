@@ -27,14 +27,19 @@ truncations          (E,)         bool, the episode ended on a time limit
 seeds                (E,)         int64, reset seed of the episode; -1 when unknown
 env_copies           (E,)         int64, which copy of the environment in its trial
 trial_ids            (E,)         str, the trial the episode was played in ("" when unknown)
+asked                (S,)         bool, the learner asked for help (apprentice.help)
+answered             (S,)         bool, it asked and the label is the teacher's
+uncertainty          (S,)         float32, the learner's uncertainty (0 when it measured none)
 ==================== ============ =========================================================
+
+The last three keys are optional when reading (files written before them load with nothing asked).
 
 The Minari dataset (``save_minari``/``load_minari``) is written in Minari's default HDF5 format
 under Minari's root (the ``MINARI_DATASETS_PATH`` environment variable, else ~/.minari/datasets),
 one Minari episode per episode: observations (T + 1 rows), actions = what was performed, rewards,
 per-step terminations/truncations (only the last step of a terminated/truncated episode True),
-and two per-observation ``infos`` (T + 1 rows, as Minari's infos are): ``label`` (row t labels
-``observations[t]``) and ``demonstration``; row T, the final observation, has no step and is
+and per-observation ``infos`` (T + 1 rows, as Minari's infos are): ``label`` (row t labels
+``observations[t]``), ``demonstration``, ``asked``, ``answered`` and ``uncertainty``; row T, the final observation, has no step and is
 padded with zeros and False. The episode metadata keeps ``seed``, ``trial_id`` and ``env_copy``.
 A Minari dataset without those infos (a third party's expert data) loads with labels = actions,
 every step a demonstration.
@@ -87,6 +92,10 @@ class Episode:
     seed: int | None  # the reset seed of the episode (None when unknown: third-party data)
     trial_id: str = ""  # where it was played ("" when unknown)
     env_copy: int = 0  # which copy of the environment in its trial
+    # The learner's help requests (apprentice.help), (T,) each; None: it never asked (all False, zero uncertainty).
+    asked: np.ndarray | None = None  # bool: the learner asked for help at this step
+    answered: np.ndarray | None = None  # bool: it asked and the teacher's action is the label
+    uncertainty: np.ndarray | None = None  # float32: the learner's uncertainty
 
     def __post_init__(self) -> None:
         self.observations = np.asarray(self.observations)
@@ -119,10 +128,22 @@ class Episode:
             self.seed = int(self.seed)
         self.trial_id = str(self.trial_id)
         self.env_copy = int(self.env_copy)
+        self.asked = _step_flags(self.asked, steps, "asked")
+        self.answered = _step_flags(self.answered, steps, "answered")
+        self.uncertainty = np.zeros(steps, dtype=np.float32) if self.uncertainty is None else np.asarray(self.uncertainty, dtype=np.float32)
+        if self.uncertainty.shape != (steps,):
+            raise ValueError(f"Episode.uncertainty has shape {self.uncertainty.shape}; it must be ({steps},)")
 
     @property
     def num_steps(self) -> int:
         return len(self.actions)
+
+
+def _step_flags(flags: np.ndarray | None, steps: int, name: str) -> np.ndarray:
+    flags = np.zeros(steps, dtype=np.bool_) if flags is None else np.asarray(flags)
+    if flags.shape != (steps,) or flags.dtype != np.bool_:
+        raise ValueError(f"Episode.{name} is {flags.dtype} of shape {flags.shape}; it must be bool of shape ({steps},)")
+    return flags
 
 
 class Transitions(NamedTuple):
@@ -190,6 +211,7 @@ class Dataset:
 _STEP_KEYS = ("observations", "actions", "labels", "demonstrations", "rewards")
 _EPISODE_KEYS = ("final_observations", "episode_lengths", "terminations", "truncations", "seeds", "env_copies", "trial_ids")
 _NPZ_KEYS = ("format_version", "env_id", "make_kwargs_json", *_STEP_KEYS, *_EPISODE_KEYS)
+_HELP_KEYS = ("asked", "answered", "uncertainty")  # optional step keys
 
 
 def save_npz(dataset: Dataset, path: str | os.PathLike) -> Path:
@@ -218,6 +240,7 @@ def save_npz(dataset: Dataset, path: str | os.PathLike) -> Path:
         "seeds": np.array([UNKNOWN_SEED if episode.seed is None else episode.seed for episode in episodes], dtype=np.int64),
         "env_copies": np.array([episode.env_copy for episode in episodes], dtype=np.int64),
         "trial_ids": np.array([episode.trial_id for episode in episodes], dtype=np.str_),
+        **{key: np.concatenate([getattr(episode, key) for episode in episodes]) for key in _HELP_KEYS},
     }
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as file:
@@ -244,7 +267,7 @@ def load_npz(path: str | os.PathLike) -> Dataset:
                 f"{path}: key {missing[0]!r} is missing (missing: {', '.join(missing)}); an Apprentice dataset file has the keys "
                 f"{', '.join(_NPZ_KEYS)} (see apprentice/datasets.py)"
             )
-        arrays = {key: _read_key(archive, path, key) for key in _NPZ_KEYS}
+        arrays = {key: _read_key(archive, path, key) for key in (*_NPZ_KEYS, *_HELP_KEYS) if key in archive.files}
     return _dataset_from_arrays(path, arrays)
 
 
@@ -271,13 +294,14 @@ def _dataset_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Dataset:
     if lengths.ndim != 1 or len(lengths) == 0 or not np.issubdtype(lengths.dtype, np.integer) or (lengths < 1).any():
         raise ValueError(f"{path}: key 'episode_lengths' is {lengths.dtype} of shape {lengths.shape}; it must be integers >= 1, one per episode")
     num_episodes, num_steps = len(lengths), int(lengths.sum())
-    for key in _STEP_KEYS:
+    step_keys = [key for key in (*_STEP_KEYS, *_HELP_KEYS) if key in arrays]
+    for key in step_keys:
         _check_rows(path, key, arrays[key], num_steps, "sum of episode_lengths")
     for key in _EPISODE_KEYS:
         _check_rows(path, key, arrays[key], num_episodes, "number of episode_lengths")
 
     boundaries = np.cumsum(lengths)[:-1]
-    steps = {key: np.split(arrays[key], boundaries) for key in _STEP_KEYS}
+    steps = {key: np.split(arrays[key], boundaries) for key in step_keys}
     episodes = []
     for index in range(num_episodes):
         seed = int(arrays["seeds"][index])
@@ -294,6 +318,7 @@ def _dataset_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Dataset:
                     seed=None if seed == UNKNOWN_SEED else seed,
                     trial_id=str(arrays["trial_ids"][index]),
                     env_copy=int(arrays["env_copies"][index]),
+                    **{key: steps[key][index] for key in _HELP_KEYS if key in steps},
                 )
             )
         except ValueError as error:
@@ -424,6 +449,7 @@ def _episode_buffer(index: int, episode: Episode) -> EpisodeBuffer:
         infos={
             LABEL_INFO: np.concatenate([episode.labels, np.zeros_like(episode.labels[:1])]),
             DEMONSTRATION_INFO: np.append(episode.demonstrations, False),
+            **{key: np.append(getattr(episode, key), np.zeros(1, dtype=getattr(episode, key).dtype)) for key in _HELP_KEYS},
         },
     )
 
@@ -463,6 +489,7 @@ def load_minari(dataset_id: str) -> Dataset:
                 truncated=bool(data.truncations[-1]),
                 seed=metadata.get("seed"),
                 trial_id=metadata.get("trial_id", ""),
+                **{key: np.asarray(infos[key][:steps]) for key in _HELP_KEYS if key in infos},
                 env_copy=metadata.get("env_copy", 0),
             )
         except ValueError as error:

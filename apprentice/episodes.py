@@ -79,6 +79,9 @@ class EpisodeAssembler:
         open_.write("actions", playing, positions, step.performed_actions[playing])
         open_.write("labels", playing, positions, step.labels[playing])
         open_.write("demonstrations", playing, positions, step.demonstrations[playing])
+        open_.write("asked", playing, positions, step.asked[playing])
+        open_.write("answered", playing, positions, step.answered[playing])
+        open_.write("uncertainty", playing, positions, step.uncertainty[playing])
         self.teacher_performed_steps += int(np.count_nonzero(step.teacher_performed[playing]))
         open_.lengths[playing] += 1
         self._acted = playing
@@ -111,6 +114,9 @@ class EpisodeAssembler:
             labels=open_.take("labels", copy, length),
             demonstrations=open_.take("demonstrations", copy, length),
             rewards=open_.take("rewards", copy, length),
+            asked=open_.take("asked", copy, length),
+            answered=open_.take("answered", copy, length),
+            uncertainty=open_.take("uncertainty", copy, length),
             terminated=terminated,
             truncated=truncated,
             seed=self.seed + number,

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from apprentice.datasets import Episode
 from apprentice.episodes import EpisodeAssembler
+from apprentice.help import HelpSettings
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.run import RunSession, SampleProducerSession
 from apprentice.spaces import gym_from_space
@@ -82,14 +83,18 @@ async def collect_episodes(
     teacher: TeacherSeat | None,
     player_implementation: str,
     model_iteration: int = -1,
+    help_settings: HelpSettings | None = None,
 ) -> RolloutResult:
-    """Play ``plan`` through trials named ``{run_id}-{name}-{k}`` and return their whole episodes, in episode order."""
+    """Play ``plan`` through trials named ``{run_id}-{name}-{k}`` and return their whole episodes, in episode order.
+
+    ``help_settings`` tell the player when to ask for help (``apprentice.help``; None: it never asks).
+    """
     mode = teacher.mode if teacher else TeacherMode.OVERRIDE
     action_space = gym_from_space(specs.action_space)
     layout = plan.trials()
     trials = [
         (f"{run_session.run_id}-{name}-{index}", trial_parameters(run_session, env_id, make_kwargs, specs, plan, first, count, teacher,
-                                                                  player_implementation, model_iteration))
+                                                                  player_implementation, model_iteration, help_settings))
         for index, (first, count) in enumerate(layout)
     ]
 
@@ -131,9 +136,11 @@ def trial_parameters(
     teacher: TeacherSeat | None,
     player_implementation: str,
     model_iteration: int,
+    help_settings: HelpSettings | None,
 ) -> cogment.TrialParameters:
     seed = plan.seed + first_episode
-    player_config = ActorConfig(environment_specs=specs, seed=seed, model_id=run_session.run_id, model_iteration=model_iteration)
+    player_config = ActorConfig(environment_specs=specs, seed=seed, model_id=run_session.run_id, model_iteration=model_iteration,
+                                help=(help_settings or HelpSettings()).message())
     actors = [run_session.actor_parameters("player", "player", player_implementation, player_config)]
     if teacher is not None:
         teacher_config = ActorConfig(

@@ -11,6 +11,15 @@ call this one function, so a sample always says what really happened in the envi
   teacher may also say in which copies its own action is performed instead (DAgger's beta
   mixing, ``PlayerAction.take_over``; ``TakeOverCoins`` draws them).
 
+A player that may ask for help (``apprentice.help``) says in its action where it asks. In ``label``
+mode its request gates the label: the teacher's action labels only the steps the player asked
+about (and those the teacher performed), the others keep the player's own action and are not
+demonstrations; that is how an expert is queried only where the learner asks (the expert, a
+program, answers every step of the tick at once, before anyone knows where the player asks; its
+other answers are not used). In ``override`` mode a request changes nothing in the rule: a teacher
+can always take over. Every step says whether help was asked, whether the teacher answered (took
+over, labelled, or explicitly approved with ``PlayerAction.approve``) and the player's uncertainty.
+
 ``decide`` is the rule for one environment (the teacher's page), ``decide_batch`` for the N copies
 of a vectorized trial, where a teacher's labels are kept as it gave them (an expert's actions may
 exceed the action space's bounds) and what is performed is clipped into the bounds.
@@ -49,6 +58,20 @@ class Step:
     label: GymAction  # what the agent should learn to do in this step
     demonstration: bool  # the label comes from the teacher
     invalid_teacher_action: bool  # the teacher sent something outside the action space (counted as NO-OP)
+    approved: bool = False  # the teacher explicitly approved the player's action (not a mere NO-OP)
+    asked: bool = False  # the player asked for help at this step
+    answered: bool = False  # it asked, and the teacher took over, labelled or approved
+    uncertainty: float = 0.0  # the player's uncertainty (0 when it does not measure one)
+
+
+def help_request(player_action: PlayerAction | None, num_envs: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the player asks for help and its uncertainty, (N,) each; None when it never asks."""
+    if player_action is None or not player_action.ask_for_help:
+        return None
+    if len(player_action.ask_for_help) != num_envs or len(player_action.uncertainty) != num_envs:
+        raise InvalidAction(f"the player's help request has {len(player_action.ask_for_help)} entries and "
+                            f"{len(player_action.uncertainty)} uncertainties for {num_envs} copies")
+    return np.asarray(player_action.ask_for_help, dtype=bool), np.asarray(player_action.uncertainty, dtype=np.float32)
 
 
 def decide(
@@ -73,17 +96,22 @@ def decide(
         # Continuous policies overshoot their bounds routinely: clip rather than fail the trial.
         player_value = gym_action(player_action, action_space, clip=True)
 
+    request = help_request(player_action, 1)
+    asked, uncertainty = (bool(request[0][0]), float(request[1][0])) if request is not None else (False, 0.0)
+    approved = teacher_value is None and teacher_action is not None and teacher_action.approve
+
     if mode is TeacherMode.LABEL:
         if player_value is None:
             raise InvalidAction("the player did not act: in label mode its action is always performed")
-        label = teacher_value if teacher_value is not None else player_value
-        return Step(player_value, label, teacher_value is not None, invalid_teacher_action)
+        labelled = teacher_value is not None and (request is None or asked)
+        label = teacher_value if labelled else player_value
+        return Step(player_value, label, labelled, invalid_teacher_action, approved, asked, asked and (labelled or approved), uncertainty)
 
     if teacher_value is not None:
-        return Step(teacher_value, teacher_value, True, invalid_teacher_action)
+        return Step(teacher_value, teacher_value, True, invalid_teacher_action, False, asked, asked, uncertainty)
     if player_value is None:
         raise InvalidAction("the player did not act and the teacher did not take over: nothing to perform")
-    return Step(player_value, player_value, False, invalid_teacher_action)
+    return Step(player_value, player_value, False, invalid_teacher_action, approved, asked, asked and approved, uncertainty)
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,9 @@ class BatchStep:
     demonstrations: np.ndarray  # (N,) bool: the label is the teacher's
     teacher_performed: np.ndarray  # (N,) bool: the teacher's action was played
     invalid_teacher_action: bool  # the teacher sent something unusable (counted as NO-OP)
+    asked: np.ndarray  # (N,) bool: the player asked for help
+    answered: np.ndarray  # (N,) bool: it asked and the teacher's action is the label
+    uncertainty: np.ndarray  # (N,) float32: the player's uncertainty (zeros when it does not measure one)
 
 
 def decide_batch(
@@ -131,8 +162,14 @@ def decide_batch(
         performed = player_values
         if labels is not None and take_over.any():
             performed = np.where(take_over.reshape(-1, *[1] * (performed.ndim - 1)), clipped(labels, action_space), performed)
+    request = help_request(player_action, num_envs)
+    asked, uncertainty = request if request is not None else (np.zeros(num_envs, dtype=bool), np.zeros(num_envs, dtype=np.float32))
     demonstrations = np.full(num_envs, labels is not None)
-    return BatchStep(performed, labels if labels is not None else performed, demonstrations, take_over, invalid_teacher_action)
+    if labels is not None and mode is TeacherMode.LABEL and request is not None:
+        demonstrations = asked | take_over  # the teacher labels where the player asked (and where it played)
+        labels = np.where(demonstrations.reshape(-1, *[1] * (performed.ndim - 1)), labels, performed)
+    return BatchStep(performed, labels if labels is not None else performed, demonstrations, take_over, invalid_teacher_action,
+                     asked, asked & demonstrations, uncertainty)
 
 
 def clipped(actions: np.ndarray, action_space: gymnasium.Space) -> np.ndarray:

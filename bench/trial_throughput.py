@@ -7,7 +7,7 @@ Measured in one run, on this machine:
 1. echo: round trips/s of a plain grpc.aio bidirectional stream between two processes (strict
    ping-pong, ~100-byte messages). It is the practical ceiling of Python gRPC here.
 2. raw gym: MountainCar steps/s with the same policy and teacher calls, no Cogment
-   (``GreedyPolicy.act`` of an untrained ``SimpleBCModel`` for the player, ``teacher_decision``
+   (``EnsemblePolicy.act_one`` of an untrained ``SimpleBCModel`` for the player, ``teacher_decision``
    for the scripted teacher). Before it, the seconds a plain 10M-iteration Python loop takes: the
    VM is shared and its speed varies over time; this says which state a run caught.
 3. Cogment, one trial at a time, then ``--parallel`` trials at once: the real thing through the SDK.
@@ -173,14 +173,14 @@ def measure_raw_gym(seconds: float, ticks: int) -> float:
     """MountainCar with the same calls the actors make per step (player + teacher), no Cogment."""
     env = gymnasium.make(ENV_ID, max_episode_steps=ticks)
     torch.manual_seed(0)
-    policy = SimpleBCModel(MODEL_ID, environment_specs(ENV_ID), HIDDEN_SIZES).greedy_policy()  # untrained, as in the trials
+    policy = SimpleBCModel(MODEL_ID, environment_specs(ENV_ID), HIDDEN_SIZES).policy()  # untrained, as in the trials
     observation, _ = env.reset(seed=0)
     last_player_action = None
     steps = 0
     start = time.perf_counter()
     deadline = start + seconds
     while time.perf_counter() < deadline:
-        player_action = policy.act(observation)
+        player_action = policy.act_one(observation)
         teacher_action = teacher_decision(observation, last_player_action)
         action = player_action if teacher_action is None else teacher_action
         observation, _reward, terminated, truncated, _ = env.step(action)

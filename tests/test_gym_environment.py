@@ -30,6 +30,7 @@ from cogment.datastore import DatastoreSample
 from actors.scripted_teacher import teacher_decision
 from actors.simple_bc import SimpleBCModel
 from apprentice import cog_settings
+from apprentice.help import HelpMode, HelpSettings
 from apprentice.launcher import ChildServer, start_python
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
 from apprentice.spaces import ActionSpace, InvalidAction, array_from_tensor, environment_specs, gym_action, is_noop
@@ -140,7 +141,7 @@ async def stack(services, components, tmp_path, monkeypatch) -> AsyncIterator[St
 
 
 def actor(
-    stack: Stack, name: str, implementation: str, specs: EnvironmentSpecs, model_id: str = "", model_iteration: int = -1
+    stack: Stack, name: str, implementation: str, specs: EnvironmentSpecs, model_id: str = "", model_iteration: int = -1, **config
 ) -> cogment.ActorParameters:
     return cogment.ActorParameters(
         cog_settings,
@@ -148,7 +149,7 @@ def actor(
         class_name=name,  # the player plays "player", the teacher "teacher"
         endpoint=stack.components,
         implementation=implementation,
-        config=ActorConfig(environment_specs=specs, seed=0, model_id=model_id, model_iteration=model_iteration),
+        config=ActorConfig(environment_specs=specs, seed=0, model_id=model_id, model_iteration=model_iteration, **config),
     )
 
 
@@ -214,7 +215,7 @@ async def test_teacher_takes_over_and_approves(stack):
     specs = environment_specs(MOUNTAIN_CAR)
     # This untrained network pushes left or not at all, depending on the state: the teacher has
     # both to take over and to approve.
-    model = await stack.publish_untrained("mountain-car", MOUNTAIN_CAR, torch_seed=3)
+    model = await stack.publish_untrained("mountain-car", MOUNTAIN_CAR, torch_seed=13)
     actors = [
         actor(stack, PLAYER, "simple_bc", specs, "mountain-car", model_iteration=-1),
         actor(stack, TEACHER, "scripted_teacher", specs),
@@ -233,7 +234,7 @@ async def test_teacher_takes_over_and_approves(stack):
         assert sample.actors_data[TEACHER].observation == sample.actors_data[PLAYER].observation
 
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.greedy_policy().act(observation)  # greedy, from the published iteration
+        assert player == model.policy().act_one(observation)  # greedy, from the published iteration
         player_actions.add(player)
         teacher = gym_action(sample.actors_data[TEACHER].action, env.action_space)
         assert teacher == teacher_decision(observation, last_player_action), f"step {step}"
@@ -271,7 +272,7 @@ async def test_player_only_box_actions_and_rendered_frames(stack):
         np.testing.assert_array_equal(observation_of(sample, PLAYER), observation)
         action = gym_action(sample.actors_data[PLAYER].action, env.action_space)
         assert action.dtype == np.float32 and action.shape == (1,)
-        np.testing.assert_array_equal(action, model.greedy_policy().act(observation))
+        np.testing.assert_array_equal(action, model.policy().act_one(observation))
         observation, reward, _terminated, _truncated, _ = env.step(action)
         frames.append(env.render())
         assert sample.actors_data[PLAYER].reward == pytest.approx(reward)
@@ -305,7 +306,7 @@ async def test_invalid_teacher_actions_count_as_noop(stack):
         with pytest.raises(InvalidAction):
             gym_action(sample.actors_data[TEACHER].action, env.action_space)
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.greedy_policy().act(observation)
+        assert player == model.policy().act_one(observation)
         observation, *_ = env.step(player)  # the player's action is performed
     np.testing.assert_array_equal(observation_of(samples[-1], PLAYER), observation)
     check_last_step_fields(samples, TEACHER, env.action_space)
@@ -327,8 +328,33 @@ async def test_trial_ended_by_the_orchestrator(stack):
     observation, _ = env.reset(seed=0)
     for sample in samples[:-1]:
         player = gym_action(sample.actors_data[PLAYER].action, env.action_space)
-        assert player == model.greedy_policy().act(observation)
+        assert player == model.policy().act_one(observation)
         observation, _reward, terminated, truncated, _ = env.step(player)
         assert not (terminated or truncated)
     np.testing.assert_array_equal(observation_of(samples[-1], PLAYER), observation)
 
+
+
+async def test_a_teacher_that_answers_only_when_asked_acts_just_after_each_request(stack):
+    """The scripted teacher with ``only_when_asked`` does not watch: it acts (takes over or approves)
+    at exactly the steps that follow one where the agent, an ensemble of 5, asked for help."""
+    specs = environment_specs(MOUNTAIN_CAR)
+    torch.manual_seed(0)
+    model = SimpleBCModel("asking", specs, HIDDEN_SIZES, ensemble_size=5)
+    await model.store(stack.registry)
+    help_settings = HelpSettings(HelpMode.ASK, budget=0.2, window=50).message()
+    actors = [actor(stack, PLAYER, "simple_bc", specs, "asking", help=help_settings),
+              actor(stack, TEACHER, "scripted_teacher", specs, only_when_asked=True)]
+    samples = await run_trial(stack, actors, env_config(MOUNTAIN_CAR, seed=3, max_episode_steps=100))
+    asked_at_previous_step, requests, takeovers, approvals = False, 0, 0, 0
+    for sample in samples[:-1]:
+        player_action, teacher_action = sample.actors_data[PLAYER].action, sample.actors_data[TEACHER].action
+        assert len(player_action.ask_for_help) == 1 and len(player_action.uncertainty) == 1 and player_action.uncertainty[0] >= 0
+        teacher_acted = not is_noop(teacher_action) or teacher_action.approve
+        assert teacher_acted == asked_at_previous_step
+        takeovers += not is_noop(teacher_action)
+        approvals += teacher_action.approve
+        asked_at_previous_step = player_action.ask_for_help[0]
+        requests += asked_at_previous_step
+    assert 8 <= requests <= 40, requests  # about 20% of 100 steps
+    assert takeovers + approvals == requests - asked_at_previous_step

@@ -191,6 +191,24 @@ def test_a_short_dagger_run_labels_the_learners_steps_and_beats_a_random_policy(
     assert validation[-1] < validation[0]
 
 
+def test_gated_dagger_asks_for_few_labels_and_still_beats_a_random_policy(tmp_path):
+    """Robot-gated DAgger on Hopper: the learner (an ensemble of 5) asks within a budget of 10% of its steps."""
+    budget = ("run.rollouts=2", "run.rounds=2", "run.rollouts_per_round=2", "run.epochs=5", "run.envs_per_trial=4", "run.hidden_sizes=[64,64]")
+    plain = run_main(tmp_path / "plain", "dagger/hopper", *budget)
+    gated = run_main(tmp_path / "gated", "dagger/hopper", *budget, "run.ensemble_size=5", "run.help.mode=ask", "run.help.budget=0.1")
+    plain_labels = metric_history(plain, tmp_path / "plain", "expert_labels")
+    gated_labels = metric_history(gated, tmp_path / "gated", "expert_labels")
+    assert plain_labels[0] == gated_labels[0]  # round 0: the same 2 expert roll-outs
+    learner_labels = gated_labels[-1] - gated_labels[0]
+    assert 0 < learner_labels < 0.5 * (plain_labels[-1] - plain_labels[0])
+    asked = metric_history(gated, tmp_path / "gated", "asked_rate")
+    assert len(asked) == 2 and all(0.02 < rate < 0.3 for rate in asked), asked
+    assert metric_history(gated, tmp_path / "gated", "answered_rate") == [1.0, 1.0]  # an expert always answers
+    assert all(high >= low for low, high in zip(metric_history(gated, tmp_path / "gated", "uncertainty_q50"),
+                                                  metric_history(gated, tmp_path / "gated", "uncertainty_q90")))
+    assert gated.data.metrics["eval_return_mean"] > random_return("Hopper-v4") + 300.0
+
+
 def main_error(tmp_path: Path, *overrides: str) -> str:
     """What main says on stderr when it refuses to start (exit code 1)."""
     command = [sys.executable, "-m", "main", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'outputs'}", *overrides]

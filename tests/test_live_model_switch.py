@@ -25,7 +25,7 @@ def constant_policy(specs, action: int) -> SimpleBCModel:
     with torch.no_grad():
         for parameter in model.network.parameters():
             parameter.zero_()
-        model.network[-1].bias[action] = 10.0
+        model.network.biases[-1][..., action] = 10.0
     return model
 
 

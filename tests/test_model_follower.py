@@ -13,8 +13,9 @@ import cogment
 import pytest
 from cogment.errors import CogmentError
 
-from actors.simple_bc import GreedyPolicy, SimpleBCModel
+from actors.simple_bc import SimpleBCModel
 from apprentice import cog_settings
+from apprentice.ensemble import EnsemblePolicy
 from apprentice.model_follower import ModelFollowers
 from apprentice.spaces import environment_specs
 
@@ -30,8 +31,8 @@ async def registry(services):
 
 
 @pytest.fixture
-async def followers(registry) -> AsyncIterator[ModelFollowers[GreedyPolicy]]:
-    followers = ModelFollowers(registry, SimpleBCModel, SimpleBCModel.greedy_policy, idle_seconds=0.5)
+async def followers(registry) -> AsyncIterator[ModelFollowers[EnsemblePolicy]]:
+    followers = ModelFollowers(registry, SimpleBCModel, SimpleBCModel.policy, idle_seconds=0.5)
     try:
         yield followers
     finally:

@@ -125,9 +125,8 @@ async def publish_untrained_model(model_registry_endpoint: str, env_id: str = EN
     model = SimpleBCModel(model_id_for(env_id), environment_specs(env_id), [64, 64])
     # Its output layer zeroed, the agent always plays action 0 (on MountainCar, push left, which never
     # reaches the flag): random weights may happen to swing the car up to the flag before MAX_STEPS.
-    output_layer = model.network[-1]
-    torch.nn.init.zeros_(output_layer.weight)
-    torch.nn.init.zeros_(output_layer.bias)
+    torch.nn.init.zeros_(model.network.weights[-1])
+    torch.nn.init.zeros_(model.network.biases[-1])
     await model.store(registry, **metrics)
     return model
 
