@@ -237,11 +237,17 @@ class SimpleBCTraining:
             )
         # Parsed here: a typo must stop the run before anyone teaches, not at the first evaluation.
         self.success_rule = SuccessRule.parse(cfg.get("eval_success", "terminated"))
-        check_number(cfg, "ensemble_size", minimum=1, example=5, integer=True)
-        self.help = HelpSettings.from_config(cfg.help, cfg.ensemble_size)
-        if cfg.teacher.get("only_when_asked") and self.help.mode is not HelpMode.ASK:
-            raise ValueError("teacher=scripted_when_asked answers the agent's requests for help, and this agent never asks: "
-                             "add run.help.mode=ask run.ensemble_size=5")
+        # Absent (a config written before them): one network that never asks.
+        self.ensemble_size = cfg.get("ensemble_size", 1)
+        check_number({"ensemble_size": self.ensemble_size}, "ensemble_size", minimum=1, example=5, integer=True)
+        self.help = HelpSettings.from_config(cfg.get("help"), self.ensemble_size)
+        if cfg.teacher.get("only_when_asked"):
+            if self.help.mode is not HelpMode.ASK:
+                raise ValueError("teacher=scripted_when_asked answers the agent's requests for help, and this agent never asks: "
+                                 "add run.help.mode=ask run.ensemble_size=5 (or use +experiment=simple_bc/mountain_car_asks)")
+            if not cfg.train_only_from_demonstration:
+                raise ValueError("teacher=scripted_when_asked does not watch the steps it is not asked about, so its NO-OPs approve "
+                                 "nothing: add run.train_only_from_demonstration=true (or use +experiment=simple_bc/mountain_car_asks)")
 
     # The teacher's slot: a scripted teacher served by the components, or a person through the
     # web page ("client"). A person may close the tab: the slot is optional and defaults to NO-OP.
@@ -305,7 +311,7 @@ class SimpleBCTraining:
         cfg = self.cfg
         registry = run_session.model_registry
         torch.manual_seed(cfg.seed)
-        model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes), ensemble_size=cfg.ensemble_size)
+        model = SimpleBCModel(run_session.run_id, self.environment_specs, list(cfg.hidden_sizes), ensemble_size=self.ensemble_size)
         samples = SampleBuffer()
         first_trial, teacher_seconds = 0, 0.0
 
@@ -325,8 +331,8 @@ class SimpleBCTraining:
                 {
                     "env_id": cfg.env_id,
                     "hidden_sizes": list(cfg.hidden_sizes),
-                    "ensemble_size": cfg.ensemble_size,
-                    "help": dict(cfg.help),
+                    "ensemble_size": self.ensemble_size,
+                    "help": {"mode": self.help.mode.value, "budget": self.help.budget, "threshold": self.help.threshold},
                     "learning_rate": cfg.learning_rate,
                     "batch_size": cfg.batch_size,
                     "train_only_from_demonstration": cfg.train_only_from_demonstration,
@@ -359,6 +365,7 @@ class SimpleBCTraining:
                     demonstrations=samples.demonstration_count,
                     invalid_teacher_actions=sample.invalid_teacher_actions,
                     approval_rate=sample.approvals / max(sample.steps, 1),
+                    teacher_actions=sample.demonstrations + sample.approvals,
                     asked_rate=sample.asked / max(sample.steps, 1),
                     answered_rate=sample.answered / max(sample.asked, 1),
                 )

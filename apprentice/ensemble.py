@@ -52,10 +52,13 @@ class EnsembleMLP(nn.Module):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for size_in, size_out in itertools.pairwise(sizes):
-            # nn.Linear's initialisation, drawn for each member on its own.
+            # nn.Linear's initialisation, member by member and in its order (weight, then bias): one
+            # member starts from exactly the weights an nn.Sequential of nn.Linear would.
             bound = 1.0 / math.sqrt(size_in)
-            self.weights.append(nn.Parameter(torch.empty(members, size_in, size_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(members, 1, size_out).uniform_(-bound, bound)))
+            drawn = [(torch.empty(size_out, size_in).uniform_(-bound, bound), torch.empty(size_out).uniform_(-bound, bound))
+                     for _member in range(members)]
+            self.weights.append(nn.Parameter(torch.stack([weight.T for weight, _bias in drawn]).contiguous()))
+            self.biases.append(nn.Parameter(torch.stack([bias for _weight, bias in drawn]).unsqueeze(1)))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         values = inputs if inputs.dim() == 3 else inputs.unsqueeze(0).expand(self.members, *inputs.shape)

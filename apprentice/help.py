@@ -85,7 +85,12 @@ class HelpGate:
 
     With a budget, the threshold is the (1 - budget) quantile of the uncertainties of the last
     ``window`` steps before these: on a stationary stream it asks for about a share ``budget`` of
-    the steps. Before it has seen any step it asks everywhere (it knows nothing of what is usual).
+    the steps. The learner's stream is not stationary, though: as it drives into states it has
+    never seen its uncertainty keeps rising, every new step is above the quantile of the old ones,
+    and the quantile alone would ask at every step of such a stretch. So the budget is also a cap:
+    of the last ``window`` steps, it asks for at most ``budget`` of them (plus one), the most
+    uncertain first. Before it has seen any step it asks (it knows nothing of what is usual).
+    A fixed threshold asks wherever the uncertainty is above it, without a cap.
     """
 
     def __init__(self, settings: HelpSettings) -> None:
@@ -97,6 +102,8 @@ class HelpGate:
         # keeping it sorted costs a bisection and a short memmove per step.
         self._arrivals: deque[float] = deque()
         self._sorted: list[float] = []
+        self._asked: deque[bool] = deque()  # whether it asked, for the same steps
+        self._asked_count = 0
 
     def threshold(self) -> float:
         """The uncertainty above which it asks now (numpy's default, linearly interpolated quantile)."""
@@ -113,11 +120,21 @@ class HelpGate:
         """(N,) bool: where to ask; these uncertainties then join the recent ones."""
         uncertainties = np.asarray(uncertainties, dtype=np.float32).reshape(-1)
         asks = uncertainties > self.threshold()
-        for value in uncertainties.tolist():
+        if self.settings.threshold is None:
+            seen = min(len(self._arrivals) + len(uncertainties), self.settings.window)
+            allowed = max(0, math.floor(self.settings.budget * seen) + 1 - self._asked_count)
+            if np.count_nonzero(asks) > allowed:  # over the cap: only the most uncertain
+                keep = np.argsort(-np.where(asks, uncertainties, -np.inf), kind="stable")[:allowed]
+                asks = np.zeros_like(asks)
+                asks[keep] = True
+        for value, asked in zip(uncertainties.tolist(), asks.tolist()):
             self._arrivals.append(value)
             bisect.insort(self._sorted, value)
+            self._asked.append(asked)
+            self._asked_count += asked
             if len(self._arrivals) > self.settings.window:
                 del self._sorted[bisect.bisect_left(self._sorted, self._arrivals.popleft())]
+                self._asked_count -= self._asked.popleft()
         return asks
 
 

@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/simple_bc_learning.py [--trials 5] [--seeds 0 1 2]
 
-1. Runs ``python -m main +experiment=simple_bc/mountain_car teacher=scripted`` for each seed (fresh
-   data dir, metrics into its MLflow store) and reads back, per trial: intervention rate, return,
-   and the mean loss of the training steps logged during that trial; plus the final success rate
-   of the agent alone on 50 held-out episodes. The curves go to ``docs/simple_bc_learning.png``.
+1. Runs, for each seed (fresh data dir, metrics into its MLflow store), the always-watching
+   scripted teacher (``python -m main +experiment=simple_bc/mountain_car teacher=scripted``) and
+   the one that acts only when the agent asks for help (``+experiment=simple_bc/mountain_car_asks``),
+   and reads back, per trial: intervention rate, the teacher's actions (takeovers and explicit
+   approvals), how often the agent asked, return, and the mean loss of the training steps logged
+   during that trial; plus the final success rate of the agent alone on 50 held-out episodes. The
+   curves go to ``docs/simple_bc_learning.png``; the teacher's effort is compared per seed.
 2. Times the training loop of ``actors.simple_bc`` (batch 32, Adam, one step per sample) on
    recorded-like samples with ``MetricsLogger`` logging on and off: the ratio should be >= 0.95.
 """
@@ -34,10 +37,15 @@ from tests.conftest import free_port  # noqa: E402
 RESULT_LINE = re.compile(r"success rate alone (\d+)% over (\d+) episodes")
 
 
-def run_experiment(seed: int, trials: int, work_dir: Path) -> dict:
-    data_dir = work_dir / f"seed-{seed}"
+# How each teacher is run: the always-watching scripted teacher, and the one that answers only when asked.
+TEACHERS = {"watching": ("+experiment=simple_bc/mountain_car", "teacher=scripted"), "asked": ("+experiment=simple_bc/mountain_car_asks",)}
+PER_TRIAL = ("intervention_rate", "trial_return", "teacher_actions", "asked_rate")
+
+
+def run_experiment(teacher: str, seed: int, trials: int, work_dir: Path) -> dict:
+    data_dir = work_dir / f"{teacher}-seed-{seed}"
     command = [
-        sys.executable, "-m", "main", "+experiment=simple_bc/mountain_car", "teacher=scripted",
+        sys.executable, "-m", "main", *TEACHERS[teacher],
         f"run.num_trials={trials}", f"run.seed={seed}", f"data_dir={data_dir}", f"mlflow.port={free_port()}",
         f"services.port={free_port()}", f"services.components_port={free_port()}", f"hydra.run.dir={work_dir / 'outputs'}",
     ]
@@ -53,7 +61,7 @@ def run_experiment(seed: int, trials: int, work_dir: Path) -> dict:
     client = MlflowClient(f"sqlite:///{data_dir / 'mlflow' / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "apprentice"]
     (run,) = client.search_runs([experiment.experiment_id])
-    history = {key: client.get_metric_history(run.info.run_id, key) for key in ("intervention_rate", "trial_return", "loss")}
+    history = {key: client.get_metric_history(run.info.run_id, key) for key in (*PER_TRIAL, "loss")}
     # A trial's summary is logged at the training step reached when it ended: the loss of a trial
     # is the mean of the losses logged since the previous trial's summary.
     boundaries = [m.step for m in history["intervention_rate"]]
@@ -63,8 +71,11 @@ def run_experiment(seed: int, trials: int, work_dir: Path) -> dict:
         losses.append(float(np.mean(values)) if values else float("nan"))
         previous = boundary
     return {
+        "teacher": teacher,
         "seed": seed,
         "intervention": [m.value for m in history["intervention_rate"]],
+        "teacher_actions": [m.value for m in history["teacher_actions"]],
+        "asked": [m.value for m in history["asked_rate"]],
         "return": [m.value for m in history["trial_return"]],
         "loss": losses,
         "success": int(success[1]) / 100 if success else float("nan"),
@@ -87,7 +98,8 @@ def time_training_loop(steps: int, with_logging: bool, work_dir: Path) -> float:
     started = time.perf_counter()
     for step in range(steps):
         picks = torch.randint(len(actions), (32,)).tolist()
-        loss = model.loss(torch.stack([observations[i] for i in picks]), torch.stack([actions[i] for i in picks]), torch.ones(32))
+        batch_observations, batch_actions = torch.stack([observations[i] for i in picks]), torch.stack([actions[i] for i in picks])
+        loss = model.loss(batch_observations.unsqueeze(0), batch_actions.unsqueeze(0), torch.ones(1, 32))  # one member
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,16 +123,17 @@ def plot(results: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for result in results:
         trials = range(1, len(result["intervention"]) + 1)
-        label = f"seed {result['seed']} (alone: {result['success']:.0%})"
-        axes[0].plot(trials, [100 * v for v in result["intervention"]], marker="o", label=label)
-        axes[1].plot(trials, result["return"], marker="o", label=label)
-        axes[2].plot(trials, result["loss"], marker="o", label=label)
-    for axis, title in zip(axes, ("intervention rate (%)", "return per trial", "mean training loss")):
+        label = f"{result['teacher']}, seed {result['seed']} (alone: {result['success']:.0%})"
+        style = {"marker": "o" if result["teacher"] == "watching" else "s", "linestyle": "-" if result["teacher"] == "watching" else "--"}
+        axes[0].plot(trials, result["teacher_actions"], label=label, **style)
+        axes[1].plot(trials, result["return"], label=label, **style)
+        axes[2].plot(trials, result["loss"], label=label, **style)
+    for axis, title in zip(axes, ("teacher's actions per trial", "return per trial", "mean training loss")):
         axis.set_title(title)
         axis.set_xlabel("trial")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.suptitle("MountainCar, behavioral cloning with the scripted teacher")
+    axes[0].legend(fontsize=7)
+    figure.suptitle("MountainCar, behavioral cloning: the scripted teacher always watching (o) or answering only when asked (s)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -135,14 +148,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="simple-bc-bench-") as work:
         work_dir = Path(work)
-        results = [run_experiment(seed, args.trials, work_dir) for seed in args.seeds]
-        print("seed | intervention rate per trial (%) | return per trial | mean loss per trial | alone success | seconds")
+        results = [run_experiment(teacher, seed, args.trials, work_dir) for seed in args.seeds for teacher in TEACHERS]
+        print("teacher | seed | intervention rate per trial (%) | asked per trial (%) | teacher actions per trial | return per trial | "
+              "mean loss per trial | alone success | seconds")
         for r in results:
             print(
-                f"{r['seed']} | {' '.join(f'{100 * v:.0f}' for v in r['intervention'])} | "
+                f"{r['teacher']} | {r['seed']} | {' '.join(f'{100 * v:.0f}' for v in r['intervention'])} | "
+                f"{' '.join(f'{100 * v:.0f}' for v in r['asked'])} | {' '.join(f'{v:.0f}' for v in r['teacher_actions'])} | "
                 f"{' '.join(f'{v:.0f}' for v in r['return'])} | {' '.join(f'{v:.3f}' for v in r['loss'])} | "
                 f"{r['success']:.0%} | {r['seconds']:.0f}"
             )
+        totals = {(r["teacher"], r["seed"]): sum(r["teacher_actions"]) for r in results}
+        for seed in args.seeds:
+            print(f"seed {seed}: teacher actions, asked {totals['asked', seed]:.0f} against watching {totals['watching', seed]:.0f}: "
+                  f"ratio {totals['asked', seed] / max(totals['watching', seed], 1):.2f} (goal <= 0.5)")
+        ratios = [totals["asked", seed] / max(totals["watching", seed], 1) for seed in args.seeds]
+        asked_success = [r["success"] for r in results if r["teacher"] == "asked"]
+        print(f"asked: mean ratio {np.mean(ratios):.2f}, mean success alone {np.mean(asked_success):.0%} (goal >= 90%)")
         plot(results, PROJECT_ROOT / "docs" / "simple_bc_learning.png")
         print("curves written to docs/simple_bc_learning.png")
 

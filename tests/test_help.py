@@ -22,9 +22,18 @@ def test_the_gate_asks_at_about_the_budgets_rate_on_a_stationary_stream(budget):
     assert gate.threshold() == pytest.approx(np.quantile(stream.reshape(-1)[-1000:], 1 - budget), rel=1e-6)
 
 
-def test_the_gate_asks_everywhere_before_it_has_seen_a_step_and_follows_a_shift():
+def test_on_a_rising_stream_the_budget_caps_the_requests():
+    """A learner driving into ever newer states: every step is above the quantile of the ones before."""
+    gate = HelpGate(HelpSettings(HelpMode.ASK, budget=0.1, window=500))
+    asks = np.concatenate([gate.ask(np.array([step / 100.0])) for step in range(2000)])
+    assert asks[0]  # before anything is known, it asks
+    assert asks.mean() <= 0.1 + 1 / 500
+    assert all(asks[start : start + 500].sum() <= 51 for start in range(0, 1500, 100))
+
+
+def test_the_gate_asks_before_it_has_seen_a_step_and_follows_a_shift():
     gate = HelpGate(HelpSettings(HelpMode.ASK, budget=0.1, window=200))
-    assert gate.ask(np.array([0.0, 1.0])).all()
+    assert gate.ask(np.array([0.0, 1.0])).tolist() == [False, True]  # the cap: one request, the most uncertain
     for _ in range(300):
         gate.ask(np.random.default_rng(1).uniform(0, 1, size=1))
     assert gate.ask(np.array([5.0]))[0]  # far above what it has seen
