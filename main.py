@@ -38,6 +38,7 @@ from apprentice import cog_settings
 from apprentice.launcher import ChildExited, ChildServer, SupervisedServer, start_python, stop_all, watch_exit
 from apprentice.metrics import MetricsLogger
 from apprentice.run import CLIENT_IMPLEMENTATION, Endpoints, RunSession, ServicesUnavailable
+from web.help_request import help_pace
 
 log = logging.getLogger("main")
 Watcher = Callable[[], Coroutine[Any, Any, NoReturn]]  # raises ChildExited when its child is gone for good
@@ -106,7 +107,9 @@ def child_servers(cfg: DictConfig, log_dir: Path, run_id: str) -> Iterator[tuple
             web = cfg.web
             args = ["--port", str(web.port), "--host", web.host, "--orchestrator", orchestrator,
                     "--steps-per-second", str(web.steps_per_second), "--run-id", run_id, "--model-registry", model_registry,
-                    "--max-connections", str(web.max_connections)]
+                    "--max-connections", str(web.max_connections), "--help-timeout", str(web.help_timeout)]
+            if web.help_steps_per_second is not None:
+                args += ["--help-steps-per-second", str(web.help_steps_per_second)]
             allowed_hosts = web.allowed_hosts if OmegaConf.is_list(web.allowed_hosts) else [web.allowed_hosts]  # one name alone
             args += [f"--allowed-host={host}" for host in allowed_hosts]
             if web.wait_for_teacher:
@@ -162,6 +165,10 @@ def check_config(cfg: DictConfig):
         ports += [("services.components_port", services.host, port) for port in components_ports(services)]
     if cfg.run.teacher.implementation == CLIENT_IMPLEMENTATION:
         ports.append(("web.port", cfg.web.host, cfg.web.port))
+        try:
+            help_pace(cfg.web.steps_per_second, cfg.web.help_steps_per_second, cfg.web.help_timeout)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     for setting, host, port in ports:
         check_port(setting, host, port)
     check_writable_dir("data_dir", Path(cfg.data_dir).absolute())  # the datastore's, and MLflow's local store

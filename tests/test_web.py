@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 import cogment
+import gymnasium
 import pytest
 import torch
 from conftest import start_services_process
@@ -36,8 +37,10 @@ from omegaconf import OmegaConf
 from actors.simple_bc import SimpleBCModel, SimpleBCTraining
 from apprentice import cog_settings
 from apprentice.launcher import PROJECT_ROOT, ChildServer, start_python
+from apprentice.protos.data_pb2 import PlayerAction
 from apprentice.run import Endpoints, RunSession
 from apprentice.spaces import array_from_tensor, environment_specs, is_noop
+from apprentice.teaching import decide
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -49,8 +52,15 @@ PUSH_RIGHT = 2
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
 TRIAL_INDEXES = itertools.count()
 ALLOWED_HOST = "teacher.lan"  # web.allowed_hosts of the stack's web server
-# The run's own settings (``make run``), so that the trials are the run's own.
-RUN_CONFIG = OmegaConf.load(PROJECT_ROOT / "config" / "experiment" / "simple_bc" / "mountain_car.yaml").run
+# The run's own settings (``make run``), so that the trials are the run's own: the experiment's
+# run section over the learner's defaults (config/learner/asking.yaml), as Hydra composes them.
+RUN_CONFIG = OmegaConf.merge(
+    OmegaConf.load(PROJECT_ROOT / "config" / "learner" / "asking.yaml"),
+    OmegaConf.load(PROJECT_ROOT / "config" / "experiment" / "simple_bc" / "mountain_car.yaml").run,
+)
+# An agent of 5 networks asks wherever they disagree at all: with random weights, at every step.
+ASKS_AT_EVERY_STEP = {"ensemble_size": 5, "help": {"mode": "ask", "threshold": 0.0}}
+HELP_STEPS_PER_SECOND = 5
 
 pytestmark = pytest.mark.timeout(300)
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: apt-get install -y chromium")
@@ -131,6 +141,18 @@ async def publish_untrained_model(model_registry_endpoint: str, env_id: str = EN
     return model
 
 
+async def publish_asking_model(model_registry_endpoint: str, model_id: str, **metrics) -> SimpleBCModel:
+    """An ensemble of 5 random networks: they disagree a little everywhere (its uncertainty is > 0).
+
+    Its consensus may push either way; within the tests' 60 steps MountainCar never reaches the flag.
+    """
+    context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
+    registry = await context.get_model_registry_v2(cogment.Endpoint(model_registry_endpoint))
+    model = SimpleBCModel(model_id, environment_specs(ENV_ID), [64, 64], ensemble_size=5)
+    await model.store(registry, **metrics)
+    return model
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("web")
@@ -156,12 +178,28 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 # --- trials -------------------------------------------------------------------------------------------
 
 
-class Trials:
-    """Starts trials of the run with the run's own parameters, and reads them back from the datastore."""
+@dataclass(frozen=True)
+class StoredStep:
+    """One tick of a trial as the datastore holds it."""
 
-    def __init__(self, stack: Stack, run_id: str = RUN_ID, web_page: str | None = None) -> None:
+    player: PlayerAction
+    teacher: PlayerAction | None  # None: the teacher did not act (NO-OP)
+    timestamp: float  # seconds
+
+
+class Trials:
+    """Starts trials of the run with the run's own parameters, and reads them back from the datastore.
+
+    ``run`` overrides the run's settings (e.g. an agent that asks for help); ``model_id`` is the
+    model the player plays (by default the run's, or a model of its own for other environments).
+    """
+
+    def __init__(self, stack: Stack, run_id: str = RUN_ID, web_page: str | None = None, run: dict | None = None,
+                 model_id: str | None = None) -> None:
         self.stack = stack
         self.run_id = run_id
+        self.run = run or {}
+        self.model_id = model_id
         self.context = cogment.Context(user_id="web-test", cog_settings=cog_settings)
         endpoints = dataclasses.replace(stack.endpoints, web_page=web_page)
         self.session = RunSession(run_id, None, endpoints, self.context, metrics=None)
@@ -170,12 +208,12 @@ class Trials:
         """A new trial's id and parameters: the run's own, with the run's model playing."""
         index = next(TRIAL_INDEXES)  # the tests share the services: trials one after another
         trial_id = f"{self.run_id}-trial-{index}"
-        cfg = OmegaConf.merge(RUN_CONFIG, {"env_id": env_id, "resume": None, "teacher": {"implementation": "client"}})
+        cfg = OmegaConf.merge(RUN_CONFIG, self.run, {"env_id": env_id, "resume": None, "teacher": {"implementation": "client"}})
         params = SimpleBCTraining(cfg).trial_parameters(self.session, index)
         params.max_steps = max_steps
         for actor in params.actors:
             config = actor.config
-            config.model_id = model_id_for(env_id)
+            config.model_id = self.model_id or model_id_for(env_id)
             actor.config = config
         return trial_id, params
 
@@ -202,19 +240,23 @@ class Trials:
 
     async def teacher_actions(self, trial_id: str) -> list[int | None]:
         """The teacher's action at each tick (None: NO-OP), from the datastore, final tick left out."""
+        return [None if is_noop(step.teacher) else int(array_from_tensor(step.teacher.value)) for step in await self.steps(trial_id)]
+
+    async def steps(self, trial_id: str) -> list[StoredStep]:
+        """Each tick's actions, from the datastore, final tick left out."""
         datastore = self.context.get_datastore(cogment.Endpoint(self.stack.services.endpoint))
         deadline = time.monotonic() + 30
         # The datastore has the last samples a moment after the trial ends.
         while not ((infos := await datastore.get_trials([trial_id])) and infos[0].trial_state == cogment.TrialState.ENDED):
             assert time.monotonic() < deadline, f"trial {trial_id} is not ENDED in the datastore after 30 s"
             await asyncio.sleep(0.1)
-        actions = []
+        steps = []
         async for sample in datastore.all_samples(infos):
             player, teacher = sample.actors_data["player"], sample.actors_data["teacher"]
             if is_noop(player.action):
                 continue  # the final observation
-            actions.append(None if is_noop(teacher.action) else int(array_from_tensor(teacher.action.value)))
-        return actions
+            steps.append(StoredStep(player.action, teacher.action, sample.timestamp / 1e9))
+        return steps
 
 
 @pytest.fixture
@@ -560,6 +602,147 @@ def test_the_screenshot_shows_the_rendered_environment(stack):
     assert colours is None or len(colours) > 20, "the frame area is blank"
 
 
+# --- the agent asks for help ---------------------------------------------------------------------------
+
+
+def steps_per_second(steps: list[StoredStep]) -> float:
+    """The pace of these consecutive ticks, from their timestamps."""
+    return (len(steps) - 1) / (steps[-1].timestamp - steps[0].timestamp)
+
+
+def answered(step: StoredStep) -> bool:
+    """Whether the rule (the one the samples are made with) says the teacher answered the agent's request."""
+    return decide(step.player, step.teacher, gymnasium.spaces.Discrete(3)).answered
+
+
+@contextlib.asynccontextmanager
+async def asking_trials(stack: Stack, run_id: str, *web_args: str, **metrics) -> AsyncIterator[tuple[Trials, ChildServer]]:
+    """A web server of its own, slowing to ``HELP_STEPS_PER_SECOND`` when asked, and trials of an agent that always asks."""
+    await publish_asking_model(stack.services.endpoint, run_id, **metrics)
+    args = ["--model-registry", stack.services.endpoint, "--help-steps-per-second", str(HELP_STEPS_PER_SECOND), *web_args]
+    with own_web(stack, run_id, *args) as web:
+        yield Trials(stack, run_id, run=ASKS_AT_EVERY_STEP, model_id=run_id), web
+
+
+@needs_chromium
+async def test_a_request_for_help_shows_slows_the_trial_and_the_approve_key_answers_it(stack, browser):
+    async with asking_trials(stack, f"{RUN_ID}-ask", "--help-timeout", "60", eval_success_rate=0.4) as (trials, web):
+        page = await open_page(browser, stack, "teacher", url=page_url(web))
+        trial_id = await trials.start(max_steps=60)
+        await page.wait_for_selector("#stage.asking #help-request", state="visible")
+        assert await page.text_content("#help-request-title") == "The agent asks for help"
+        await wait_step(page, await displayed_step(page) + 4)  # at the help pace
+        await page.wait_for_function("document.getElementById('target-sps').textContent === '5'")
+        await page.keyboard.down(" ")  # held to the end of the trial: every step approved
+        await page.wait_for_selector("#help-request", state="hidden")
+        assert not await page.evaluate("document.getElementById('stage').classList.contains('asking')")
+        steps = await trials.wait_ended(trial_id)
+        await page.keyboard.up(" ")
+
+        stored = await trials.steps(trial_id)
+        assert len(stored) == steps >= 60  # max_steps: the orchestrator ends the trial there
+        assert all(step.player.ask_for_help[0] for step in stored), "the agent asks at every step"
+        assert all(is_noop(step.teacher) for step in stored), "an approval carries no action"
+        approvals = [tick for tick, step in enumerate(stored) if step.teacher and step.teacher.approve]
+        first = approvals[0]
+        assert first >= 5 and approvals == list(range(first, steps)), approvals
+        assert [answered(step) for step in stored] == [tick >= first for tick in range(steps)]
+        # The page learns of the request with the observation after tick 0: from tick 1 to the answer, the help pace.
+        asking, answering = steps_per_second(stored[1:first]), steps_per_second(stored[first + 1 :])
+        assert asking < HELP_STEPS_PER_SECOND * 1.3 and answering > 2.5 * asking, (asking, answering)
+
+        # The trial's figures in the list and in the chart: every step asked, none taken over, the success at the last evaluation.
+        await page.wait_for_function("document.querySelector('#history tr td') && document.getElementById('history').textContent.includes('40%')")
+        cells = await page.locator("#history tr").first.locator("td").all_text_contents()
+        assert cells[3:6] == ["0 (0%)", f"{steps} (100%)", f"{first} (0)"] and cells[7] == "40%", cells
+        assert 1.0 < float(cells[6]) < 4.0, cells  # the seconds the space bar approved: ~55 steps at 30 steps/s
+        assert await chart_pixels(page, "#f59e0b") > 30 and await chart_pixels(page, "#16a34a") > 30
+        await page.context.close()
+
+
+async def chart_pixels(page, colour: str) -> int:
+    """Pixels of the teaching chart in ``colour`` (a series' line and points)."""
+    return await page.evaluate(
+        """(hex) => { const c = document.getElementById('teaching-chart'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                      const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)); let n = 0;
+                      for (let i = 0; i < d.length; i += 4) n += Math.abs(d[i] - r) + Math.abs(d[i + 1] - g) + Math.abs(d[i + 2] - b) < 30 && d[i + 3] > 200;
+                      return n; }""",
+        colour,
+    )
+
+
+@needs_chromium
+async def test_an_unanswered_request_times_out_and_the_trial_goes_back_to_its_pace(stack, browser):
+    async with asking_trials(stack, f"{RUN_ID}-timeout", "--help-timeout", "1") as (trials, web):
+        page = await open_page(browser, stack, "teacher", url=page_url(web))
+        trial_id = await trials.start(max_steps=60)
+        await page.wait_for_selector("#stage.asking #help-request", state="visible")
+        await page.wait_for_selector("#stage.timed-out #help-request", state="visible")
+        assert await page.text_content("#help-request-title") == "No answer: the agent plays on"
+        await page.wait_for_function("document.getElementById('unanswered').textContent.endsWith(' (1)')")
+        steps = await trials.wait_ended(trial_id)
+
+        stored = await trials.steps(trial_id)
+        assert len(stored) == steps >= 60  # max_steps: the orchestrator ends the trial there
+        assert all(step.player.ask_for_help[0] and is_noop(step.teacher) and not (step.teacher and step.teacher.approve) for step in stored)
+        assert not any(answered(step) for step in stored), "asked and unanswered"
+        # From tick 1 the trial waits at the help pace for 1 s, then plays on at its normal pace.
+        timeout_at = stored[1].timestamp + 1.0
+        waiting = [step for step in stored[1:] if step.timestamp <= timeout_at]
+        after = [step for step in stored if step.timestamp > timeout_at + 0.1]
+        assert len(waiting) <= HELP_STEPS_PER_SECOND + 2, len(waiting)
+        assert steps_per_second(after) > 3 * HELP_STEPS_PER_SECOND, steps_per_second(after)
+        await page.wait_for_function("document.querySelector('#history tr td') && document.getElementById('history').textContent.includes('(1)')")
+        cells = await page.locator("#history tr").first.locator("td").all_text_contents()
+        assert cells[4:6] == [f"{steps} (100%)", f"{steps} (1)"], cells
+        await page.context.close()
+
+
+def test_the_request_for_help_goes_asking_answered_timed_out_and_nothing_else():
+    from web.help_request import HelpRequest, IllegalTransition, RequestState
+
+    request = HelpRequest(timeout=5.0)
+    request.observe(asked=True, answered=False, now=10.0)
+    assert request.state is RequestState.ASKING and request.waiting() and request.deadline == 15.0
+    request.observe(asked=True, answered=False, now=11.0)
+    assert request.deadline == 15.0, "the timeout counts from the request's first step"
+    request.postpone(2.0)  # the teacher paused for 2 s
+    assert not request.expire(16.9) and request.expire(17.0)
+    assert request.state is RequestState.TIMED_OUT and not request.waiting()
+    request.observe(asked=True, answered=False, now=18.0)
+    assert request.state is RequestState.TIMED_OUT, "for the rest of the request"
+    request.observe(asked=True, answered=True, now=19.0)
+    assert request.state is RequestState.ANSWERED
+    request.observe(asked=True, answered=False, now=20.0)  # the teacher let go while the agent still asks
+    assert request.state is RequestState.ASKING and request.deadline == 25.0
+    request.observe(asked=False, answered=False, now=21.0)
+    assert request.state is RequestState.NONE and not request.expire(100.0)
+    with pytest.raises(IllegalTransition, match="from none to timed_out"):
+        request._move(RequestState.TIMED_OUT)
+    request.observe(asked=True, answered=True, now=22.0)  # the teacher was already acting when the agent asked
+    assert request.state is RequestState.ANSWERED
+    with pytest.raises(IllegalTransition, match="from answered to timed_out"):
+        request._move(RequestState.TIMED_OUT)
+
+
+def test_the_help_pace_and_timeout_are_checked_with_the_setting_to_fix():
+    from web.help_request import help_pace
+
+    assert help_pace(30, None, 5) == (10.0, 5.0)
+    assert help_pace(30, 5, 1) == (5.0, 1.0)
+    for bad in [-1, 0, "5", True, float("inf")]:
+        with pytest.raises(ValueError, match=r"web\.help_timeout=.*a number > 0"):
+            help_pace(30, None, bad)
+    for bad in [0, -2, 60, "fast"]:
+        with pytest.raises(ValueError, match=r"web\.help_steps_per_second=.*at most web\.steps_per_second=30"):
+            help_pace(30, bad, 5)
+    result = subprocess.run(
+        [sys.executable, "-m", "web", "--orchestrator", "grpc://127.0.0.1:1", "--port", "0", "--help-timeout", "-1"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "web.help_timeout=-1.0 (--help-timeout): give the seconds" in result.stderr, result.stderr
+
+
 # --- who may connect: host names and the cap on tabs ---------------------------------------------------
 
 
@@ -760,8 +943,11 @@ def test_only_well_formed_messages_are_parsed():
 
     assert parse_message('{"t": "input", "a": 2, "p": false}') == TeacherInput(2, False)
     assert parse_message('{"t": "input", "a": null, "p": true}') == TeacherInput(None, True)
+    assert parse_message('{"t": "input", "a": null, "p": false, "ok": true}') == TeacherInput(None, False, approving=True)
+    assert parse_message('{"t": "input", "a": 1, "p": false, "ok": false}') == TeacherInput(1, False)
     assert parse_message('{"t": "claim"}') == Claim()
-    for bad in [b"{}", "[]", "nope", '{"t": "input", "a": true}', '{"t": "input", "a": 1.5}', '{"t": "x"}', "[" * 10_000, None]:
+    bad_approvals = ['{"t": "input", "a": null, "ok": 1}', '{"t": "input", "a": null, "ok": "yes"}', '{"t": "input", "a": null, "ok": null}']
+    for bad in [b"{}", "[]", "nope", '{"t": "input", "a": true}', '{"t": "input", "a": 1.5}', '{"t": "x"}', "[" * 10_000, None, *bad_approvals]:
         assert parse_message(bad) is None, bad
 
 
@@ -785,11 +971,18 @@ async def test_a_tap_between_two_steps_is_still_played_and_the_seat_follows_the_
     hub.trial_started("run-trial-0", 1, ENV_ID, 3, DEFAULT_KEY_MAPS[ENV_ID])
     hub.receive(first, '{"t": "input", "a": 2, "p": false}')
     hub.receive(first, '{"t": "input", "a": null, "p": false}')  # released before the step
-    assert hub.take_action() == 2 and hub.take_action() is None
+    assert hub.take_action() == (2, False) and hub.take_action() == (None, False)
+    hub.receive(first, '{"t": "input", "a": null, "p": false, "ok": true}')
+    hub.receive(first, '{"t": "input", "a": null, "p": false}')  # a tap of the approve key between two steps
+    assert hub.take_action() == (None, True) and hub.take_action() == (None, False)
+    hub.receive(first, '{"t": "input", "a": 1, "p": false, "ok": true}')
+    assert hub.take_action() == (1, False)  # a key held takes over: that is not an approval
+    hub.receive(first, '{"t": "input", "a": null, "p": false}')
     hub.receive(second, '{"t": "input", "a": 0, "p": false}')
     hub.receive(first, '{"t": "input", "a": 3, "p": false}')
-    assert hub.take_action() is None
-    assert hub.dropped == {"observer_input": 1, "unknown_action": 1}
+    hub.receive(first, '{"t": "input", "a": null, "p": false, "ok": 1}')
+    assert hub.take_action() == (None, False)
+    assert hub.dropped == {"observer_input": 1, "unknown_action": 1, "malformed": 1}
 
     reloaded = hub.connect("aaa")  # the teacher's tab reloaded before its old socket closed
     assert (reloaded.role, first.role) == (TEACHER, OBSERVER)

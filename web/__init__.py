@@ -7,6 +7,7 @@ key the teacher's tab holds (``teacher.py``); the tabs get the rendered frames a
 
 - ``keymaps``: which key is which action, per gymnasium environment;
 - ``protocol``: the messages a tab may send, checked before anything uses them;
+- ``help_request``: the agent's request for help (asking, answered, timed out) and its pace;
 - ``hub``: the open tabs, their roles, the teacher's input and what goes out to each tab;
 - ``teacher``: the Cogment actor that paces a trial and acts for the person;
 - ``watcher``: finds the trials to join (at once, or once a teacher's tab is open);

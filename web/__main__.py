@@ -29,6 +29,7 @@ import uvicorn
 from apprentice import cog_settings
 from apprentice.launcher import exit_with_parent
 from web.app import create_app, served_hosts
+from web.help_request import DEFAULT_HELP_TIMEOUT
 from web.hub import DEFAULT_MAX_TABS, Hub
 from web.keymaps import merged_key_maps, parse_key_maps
 from web.teacher import WebTeacher
@@ -47,6 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--steps-per-second", type=float, default=30.0, help="pace of the trials the page plays")
+    parser.add_argument(
+        "--help-steps-per-second",
+        type=float,
+        help="pace while the agent asks for help, until the teacher answers (default: a third of --steps-per-second)",
+    )
+    parser.add_argument(
+        "--help-timeout",
+        type=float,
+        default=DEFAULT_HELP_TIMEOUT,
+        help=f"seconds a request for help waits for an answer before the agent plays on at the normal pace (default {DEFAULT_HELP_TIMEOUT:g})",
+    )
     parser.add_argument(
         "--key-map",
         action="append",
@@ -99,11 +111,14 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(str(error)) from None
     if args.max_connections < 1:
         raise SystemExit(f"--max-connections is {args.max_connections}: it must be at least 1, the teacher's tab (web.max_connections=32 in main)")
+    try:
+        hub = Hub(args.steps_per_second, args.max_connections, args.help_steps_per_second, args.help_timeout)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     sock = bind(args.host, args.port)
 
-    hub = Hub(args.steps_per_second, max_tabs=args.max_connections)
     context = cogment.Context(user_id="apprentice-web", cog_settings=cog_settings)
-    teacher = WebTeacher(hub, args.steps_per_second, merged_key_maps(key_maps))
+    teacher = WebTeacher(hub, merged_key_maps(key_maps))
     context.register_actor(impl=teacher.impl, impl_name="web", actor_classes=teacher.get_actor_classes())
     background = [TrialWatcher(context, args.orchestrator, hub, args.run_id, wait_for_teacher=args.wait_for_teacher).run]
     if args.model_registry and args.run_id:

@@ -9,8 +9,10 @@ the trial. The last place is kept for the teacher: once ``max_tabs - 1`` observe
 observers are refused, while the teacher's tab (or its reload, with its token) always gets in. The
 seat itself is first come, first served, as ever: a tab that opens while it is free takes it.
 
-The teacher actor (``teacher.py``) reads the input here and publishes each observation here; it
-never waits on a tab: each tab has its own sender that only ever sends the *latest* frame, so a
+The teacher actor (``teacher.py``) reads the input here and publishes each observation here, with
+the state of the agent's request for help (``help_request.py``) and the trial's teaching figures
+(how often the agent asked, how often the teacher took over, the teacher's seconds); it never
+waits on a tab: each tab has its own sender that only ever sends the *latest* frame, so a
 slow or stalled tab skips frames instead of slowing a trial.
 """
 
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from web.help_request import DEFAULT_HELP_TIMEOUT, RequestState, help_pace
 from web.keymaps import KeyMap, as_json
 from web.protocol import Claim, RateLimiter, TeacherInput, parse_message
 
@@ -98,14 +101,28 @@ class TrialView:
     last_actor: str | None = None  # "agent" or "teacher": who acted on the previous step
     model_iteration: int | None = None  # of the model that chose the agent's last action
     total_return: float = 0.0
+    request: RequestState = RequestState.NONE  # the agent's request for help, as of its last step
+    asked_steps: int = 0  # steps at which the agent asked for help
+    answered_steps: int = 0  # of those, the steps the teacher took over or approved
+    timeouts: int = 0  # requests left unanswered for the whole help timeout
+    teacher_seconds: float = 0.0  # time during which the teacher acted (a key held, or approving)
     started: float = field(default_factory=time.monotonic)
+    last_observed: float = field(default_factory=time.monotonic)
 
 
 class Hub:
     """Shared by the web app (tabs) and the teacher actor (trials), on one event loop."""
 
-    def __init__(self, steps_per_second: float, max_tabs: int = DEFAULT_MAX_TABS) -> None:
+    def __init__(
+        self,
+        steps_per_second: float,
+        max_tabs: int = DEFAULT_MAX_TABS,
+        help_steps_per_second: float | None = None,
+        help_timeout: float = DEFAULT_HELP_TIMEOUT,
+    ) -> None:
         self.steps_per_second = steps_per_second
+        # The pace while the agent asks for help, and how long it waits for an answer (help_request.help_pace).
+        self.help_steps_per_second, self.help_timeout = help_pace(steps_per_second, help_steps_per_second, help_timeout)
         self.max_tabs = max_tabs  # the teacher's tab included
         self.tabs: dict[int, Tab] = {}
         self.teacher_tab: Tab | None = None
@@ -120,6 +137,8 @@ class Hub:
         self._valid_actions: set[int] = set()
         self._held: int | None = None  # action of the key the teacher holds
         self._latched: int | None = None  # a key pressed since the last step: a short tap still counts
+        self._approving = False  # the teacher holds the approve key
+        self._approval_latched = False  # the approve key pressed since the last step
         self._paused = False
         self.input_changed = asyncio.Event()  # the teacher's action changed since the last step
         self._resumed = asyncio.Event()
@@ -160,6 +179,7 @@ class Hub:
                 "t": "hello",
                 "role": tab.role,
                 "steps_per_second": self.steps_per_second,
+                "help_timeout": self.help_timeout,
                 "key_map": as_json(self.trial.key_map) if self.trial else [],
                 "history": self.history,
                 "training": self.training,
@@ -177,6 +197,7 @@ class Hub:
             self.teacher_tab = None
             self._teacher_seated.clear()
             self._held = None  # a demonstration already received (the latch) is still played
+            self._approving = False
             self._set_paused(False)
         self.broadcast_status()
 
@@ -232,9 +253,11 @@ class Hub:
     def _apply(self, message: TeacherInput) -> None:
         if message.action is not None and message.action != self._held:
             self._latched = message.action
-        if message.action != self._held:
+        if message.approving and not self._approving:
+            self._approval_latched = True
+        if message.action != self._held or message.approving != self._approving:
             self.input_changed.set()
-        self._held = message.action
+        self._held, self._approving = message.action, message.approving
         if message.paused != self._paused:
             self._set_paused(message.paused)
             self.broadcast_status()
@@ -252,6 +275,7 @@ class Hub:
         self.trial = TrialView(trial_id, trial_number, env_id, key_map)
         self._valid_actions = set(range(num_actions))
         self._latched = None
+        self._approval_latched = False
         if self._held not in self._valid_actions:
             self._held = None  # held in another environment; the page sends its input for this one
         self._step_times.clear()
@@ -267,11 +291,25 @@ class Hub:
         frame: bytes | None,
         reward: float = 0.0,
         model_iteration: int | None = None,
+        asked: bool = False,
+        teacher_acted: bool = False,
+        request: RequestState = RequestState.NONE,
     ) -> None:
-        """A new observation of ``trial_id`` and the reward of the step that led to it: show it in every tab."""
+        """A new observation of ``trial_id`` and what happened at the step that led to it: show it in every tab.
+
+        ``asked``: the agent asked for help at that step; ``teacher_acted``: the teacher took over or
+        approved it; ``request``: the agent's request as the teacher actor plays it from now on.
+        """
         trial = self.trial
         if trial is None or trial.trial_id != trial_id:
             return  # a trial running alongside the one on screen: played, not shown
+        now = time.monotonic()
+        if teacher_acted:
+            trial.teacher_seconds += now - trial.last_observed
+        trial.last_observed = now
+        trial.asked_steps += asked
+        trial.answered_steps += asked and teacher_acted
+        trial.request = request
         trial.step = step
         trial.total_return += reward
         if model_iteration is not None:
@@ -279,8 +317,17 @@ class Hub:
         if last_step_demonstration is not None:
             trial.last_actor = "teacher" if last_step_demonstration else "agent"
             trial.teacher_steps += last_step_demonstration
-        self._step_times.append(time.monotonic())
+        self._step_times.append(now)
         self.broadcast_status(frame)
+
+    def request_timed_out(self, trial_id: str) -> None:
+        """Nobody answered the agent's request within the help timeout: it plays on."""
+        trial = self.trial
+        if trial is None or trial.trial_id != trial_id:
+            return
+        trial.request = RequestState.TIMED_OUT
+        trial.timeouts += 1
+        self.broadcast_status()
 
     def is_running(self) -> bool:
         return self._resumed.is_set()
@@ -288,12 +335,14 @@ class Hub:
     async def wait_until_resumed(self) -> None:
         await self._resumed.wait()
 
-    def take_action(self) -> int | None:
-        """The action for this step: the key held, else a key tapped since the last step, else NO-OP."""
+    def take_action(self) -> tuple[int | None, bool]:
+        """The action for this step (the key held, else a key tapped since the last step, else None:
+        NO-OP) and, when there is none, whether the teacher approves the agent's (held or tapped)."""
         action = self._held if self._held is not None else self._latched
-        self._latched = None
+        approving = action is None and (self._approving or self._approval_latched)
+        self._latched, self._approval_latched = None, False
         self.input_changed.clear()
-        return action
+        return action, approving
 
     def trial_ended(self, trial_id: str) -> None:
         trial = self.trial
@@ -308,13 +357,21 @@ class Hub:
             "return": round(trial.total_return, 2),
             "model_iteration": trial.model_iteration,
             "seconds": round(time.monotonic() - trial.started, 1),
+            **teaching_figures(trial),
+            "eval_success_rate": self.latest_eval_success_rate(),
         }
         self.history = [*self.history, summary][-MAX_HISTORY:]
         self.trial = None
         self._latched = None
+        self._approval_latched = False
         for tab in self.tabs.values():
             tab.push_control({"t": "ended", "summary": summary})
         self.broadcast_status()
+
+    def latest_eval_success_rate(self) -> float | None:
+        """The agent's success alone at the run's last evaluation so far (None before the first one)."""
+        evaluation = (self.training or {}).get("latest_evaluation")
+        return evaluation["success_rate"] if evaluation else None
 
     def set_training(self, training: dict[str, Any]) -> None:
         if training == self.training:
@@ -345,6 +402,7 @@ class Hub:
 
     def status(self) -> dict[str, Any]:
         trial = self.trial
+        asking = trial is not None and trial.request is RequestState.ASKING
         return {
             "phase": self.phase(),
             "trial_id": trial.trial_id if trial else None,
@@ -356,7 +414,9 @@ class Hub:
             "return": round(trial.total_return, 2) if trial else None,
             "model_iteration": trial.model_iteration if trial else None,
             "steps_per_second": round(self.steps_per_second_measured(), 1) if trial else 0.0,
-            "target_steps_per_second": self.steps_per_second,
+            "target_steps_per_second": self.help_steps_per_second if asking else self.steps_per_second,
+            "request": trial.request.value if trial else RequestState.NONE.value,
+            **(teaching_figures(trial) if trial else {}),
             "paused": self._paused,
             "teacher_present": self.teacher_tab is not None,
             "observers": sum(tab.role == OBSERVER for tab in self.tabs.values()),
@@ -379,3 +439,14 @@ class Hub:
             "history": self.history,
             "training": self.training,
         }
+
+
+def teaching_figures(trial: TrialView) -> dict[str, Any]:
+    """How the teaching of a trial goes: the page plots them per trial, the current one included."""
+    return {
+        "asked_steps": trial.asked_steps,
+        "answered_steps": trial.answered_steps,
+        "ask_rate": trial.asked_steps / trial.step if trial.step else 0.0,
+        "timeouts": trial.timeouts,
+        "teacher_seconds": round(trial.teacher_seconds, 2),
+    }

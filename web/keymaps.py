@@ -1,7 +1,8 @@
 """Which keyboard key is which action, per gymnasium environment.
 
 The page is generic over discrete-action environments: it shows the legend and buttons of the
-trial's key map and sends action numbers, never key names. ``p`` is always pause/resume.
+trial's key map and sends action numbers, never key names. ``p`` is always pause/resume and the
+space bar always approves the agent's action.
 An environment without a key map gets the digit keys 1..n for actions 0..n-1.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PAUSE_KEY = "p"
+APPROVE_KEY = " "
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def parse_key_maps(text: str) -> dict[str, KeyMap]:
                 raise ValueError(f"--key-map {env_id}.{key}: the action must be an integer >= 0, got {value!r}")
             if key.lower() == PAUSE_KEY:
                 raise ValueError(f"--key-map {env_id}: {key!r} is the pause key")
+            if key == APPROVE_KEY:
+                raise ValueError(f"--key-map {env_id}: {key!r} (space) is the approve key")
             parsed.append(Control(key, action, str(label or f"Action {action}")))
         key_maps[env_id] = parsed
     return key_maps

@@ -3,8 +3,9 @@
 A tab sends small JSON text messages, each a *full state* rather than an event, so that a dropped
 message is repaired by the next one (the page also repeats its state twice a second):
 
-- ``{"t": "input", "a": ACTION_OR_NULL, "p": PAUSED}``: the action of the key held (null: none,
-  i.e. NO-OP) and whether the teacher paused the trial;
+- ``{"t": "input", "a": ACTION_OR_NULL, "p": PAUSED, "ok": APPROVING}``: the action of the key
+  held (null: none, i.e. NO-OP), whether the teacher paused the trial and whether it holds the
+  approve key (an explicit approval of the agent's action; ``"ok"`` may be left out: false);
 - ``{"t": "claim"}``: an observer takes the teacher's seat while it is free.
 
 Anything else is malformed. Nothing here raises to the caller: a bad message is a counted drop.
@@ -23,6 +24,7 @@ MAX_MESSAGE_CHARS = 256
 class TeacherInput:
     action: int | None
     paused: bool
+    approving: bool = False  # the approve key is held (an action held wins: it takes over)
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,12 @@ def parse_message(text: str | bytes | None) -> ClientMessage | None:
     if kind == "claim":
         return Claim()
     if kind == "input":
-        action, paused = raw.get("a"), raw.get("p", False)
+        action, paused, approving = raw.get("a"), raw.get("p", False), raw.get("ok", False)
         if action is not None and (not isinstance(action, int) or isinstance(action, bool)):
             return None
-        if not isinstance(paused, bool):
+        if not isinstance(paused, bool) or not isinstance(approving, bool):
             return None
-        return TeacherInput(action, paused)
+        return TeacherInput(action, paused, approving)
     return None
 
 

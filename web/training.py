@@ -1,7 +1,9 @@
 """Follows the run's model in the model registry, so that the page shows how training goes.
 
 Every iteration the run publishes carries its training figures in its user data (``loss``,
-``training_steps``, ``samples``; see ``apprentice.model``), and the run's last iteration carries
+``training_steps``, ``samples``; see ``apprentice.model``), those the run evaluated carry the
+agent's success alone (``eval_success_rate``: the page plots the latest per trial), and the run's
+last iteration carries
 ``run_finished``, the evaluation of the agent alone and the run's totals (``trials``,
 ``demonstrations``). Reading them from the registry, like any Cogment client, keeps the page
 independent of where the run happens.
@@ -65,16 +67,20 @@ def _number(user_data: Any, key: str, kind: type) -> Any:
 
 
 def training_view(iterations: list[IterationFigures]) -> dict[str, Any]:
-    """What the page shows: the latest iteration, the loss trend, and the run's end when it came."""
+    """What the page shows: the latest iteration, the loss trend, the latest evaluation, and the run's end when it came."""
     latest = iterations[-1]
     finished = latest.run_finished
     with_loss = [figures for figures in iterations if figures.loss is not None][-MAX_TREND_POINTS:]
+    evaluated = [figures for figures in iterations if figures.eval_success_rate is not None]
     return {
         "iteration": latest.iteration,
         "training_steps": latest.training_steps,
         "samples": latest.samples,
         "loss": with_loss[-1].loss if with_loss else None,
         "loss_trend": [[figures.iteration, round(figures.loss, 5)] for figures in with_loss],
+        "latest_evaluation": (
+            {"iteration": evaluated[-1].iteration, "success_rate": evaluated[-1].eval_success_rate} if evaluated else None
+        ),
         "run_finished": finished,
         "eval_success_rate": latest.eval_success_rate if finished else None,
         "trials": latest.trials if finished else None,

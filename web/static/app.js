@@ -1,7 +1,7 @@
 // The teacher's page: draws the frames the server streams, shows the status, sends the key held.
 // The server decides roles (teacher or observer) and validates everything it receives; the page
-// only sends its full input state ({t: "input", a: ACTION_OR_NULL, p: PAUSED}) when it changes,
-// and again twice a second so that a dropped message is repaired.
+// only sends its full input state ({t: "input", a: ACTION_OR_NULL, p: PAUSED, ok: APPROVING}) when
+// it changes, and again twice a second so that a dropped message is repaired.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -26,6 +26,9 @@ const state = {
   paused: false, // what this teacher wants; the server's status says what is
   keysDown: [], // control keys held, in press order: the last one pressed wins
   pointerAction: null, // an on-screen button held with mouse or touch
+  approveKey: false, // the space bar held: explicit approval of the agent's action
+  pointerApprove: false, // the on-screen Approve button held
+  helpTimeout: null, // seconds a request for help waits for an answer (from the server's hello)
   lastSent: "",
   retry: 0,
   history: [],
@@ -67,7 +70,7 @@ function onText(text) {
     case "hello":
       state.history = message.history || [];
       setKeyMap(message.key_map || []);
-      setText($("target-sps"), message.steps_per_second);
+      state.helpTimeout = message.help_timeout;
       setRole(message.role);
       renderHistory();
       setTraining(message.training);
@@ -81,6 +84,7 @@ function onText(text) {
     case "ended":
       state.history.push(message.summary);
       renderHistory();
+      drawTeachingChart();
       break;
     case "training":
       setTraining(message.training);
@@ -152,6 +156,9 @@ function render() {
   setText($("trial"), running ? (s.trial ?? "?") : "–");
   setText($("step"), running ? s.step : "–");
   setText($("sps"), s ? s.steps_per_second.toFixed(0) : "0");
+  setText($("target-sps"), s ? formatNumber(s.target_steps_per_second) : "–");
+  setText($("asked-steps"), running && s.step ? `${s.asked_steps} (${Math.round(100 * s.ask_rate)}%)` : "–");
+  setText($("unanswered"), running ? unansweredText(s) : "–");
   setText($("teacher-steps"), running && s.step ? `${s.teacher_steps} (${Math.round((100 * s.teacher_steps) / s.step)}%)` : "–");
   setText($("audience"), s ? s.observers : "–");
   setText($("return"), running ? formatNumber(s.return) : "–");
@@ -189,9 +196,34 @@ function render() {
   $("stage").classList.toggle("dim", !!title);
   setText($("overlay-title"), title);
   setText($("overlay-detail"), detail);
+  renderHelpRequest(running && !title ? s.request : "none");
 
   $("claim").hidden = !(connected && state.role === "observer" && s && !s.teacher_present);
   renderActing();
+}
+
+// The agent's request for help: the frame's amber border and a banner while it waits for an answer;
+// a quieter note once it timed out (the agent plays on); nothing once answered or over.
+function renderHelpRequest(request) {
+  const stage = $("stage");
+  stage.classList.toggle("asking", request === "asking");
+  stage.classList.toggle("timed-out", request === "timed_out");
+  $("help-request").hidden = request !== "asking" && request !== "timed_out";
+  const teaching = state.role === "teacher";
+  const timeout = state.helpTimeout !== null ? `${formatNumber(state.helpTimeout)} s` : "a while";
+  setText($("help-request-title"), request === "timed_out" ? "No answer: the agent plays on" : "The agent asks for help");
+  setText($("help-request-detail"), request === "timed_out" ? `It still asks, unanswered for ${timeout}: take over, or Space to approve.`
+    : teaching ? `Take over with a key, or Space to approve its action (it plays on by itself after ${timeout}).` : "Waiting for the teacher's answer.");
+  $("approve").classList.toggle("wanted", request === "asking");
+}
+
+// Asked steps left unanswered, and (in parentheses) how many requests timed out.
+function unansweredText(s) {
+  return `${s.asked_steps - s.answered_steps} (${s.timeouts})`;
+}
+
+function approving() {
+  return currentAction() === null && (state.approveKey || state.pointerApprove);
 }
 
 function renderActing() {
@@ -199,24 +231,30 @@ function renderActing() {
   const acting = $("acting");
   const control = state.keyMap.find((c) => c.action === action);
   const teaching = state.role === "teacher";
-  acting.classList.toggle("taking-over", teaching && action !== null);
-  setText(acting, !teaching ? "Read-only: watching the teacher" : action === null ? "You approve the agent (no key held)" : `You take over: ${control ? control.label : action}`);
+  acting.classList.toggle("taking-over", teaching && (action !== null || approving()));
+  setText(acting, !teaching ? "Read-only: watching the teacher"
+    : action !== null ? `You take over: ${control ? control.label : action}`
+    : approving() ? "You approve the agent's action (Space)" : "You approve the agent (no key held)");
   for (const button of $("action-buttons").children) {
     button.classList.toggle("active", teaching && Number(button.dataset.action) === action);
   }
+  $("approve").classList.toggle("active", teaching && approving());
 }
 
 function renderHistory() {
   const body = $("history");
   body.replaceChildren();
   if (!state.history.length) {
-    body.innerHTML = '<tr class="empty"><td colspan="4">None yet</td></tr>';
+    body.innerHTML = '<tr class="empty"><td colspan="8">None yet</td></tr>';
     return;
   }
   for (const trial of state.history.slice(-8).reverse()) {
     const row = document.createElement("tr");
     const tookOver = `${trial.teacher_steps} (${Math.round(100 * trial.intervention_rate)}%)`;
-    for (const text of [trial.trial ?? "?", trial.steps, formatNumber(trial.return), tookOver]) {
+    const asked = `${trial.asked_steps} (${Math.round(100 * trial.ask_rate)}%)`;
+    const success = trial.eval_success_rate !== null ? `${Math.round(100 * trial.eval_success_rate)}%` : "–";
+    const cells = [trial.trial ?? "?", trial.steps, formatNumber(trial.return), tookOver, asked, unansweredText(trial), trial.teacher_seconds.toFixed(1), success];
+    for (const text of cells) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.append(cell);
@@ -230,6 +268,90 @@ function formatNumber(value) {
   return Number.isInteger(value) ? String(value) : value.toFixed(Math.abs(value) < 10 ? 2 : 1);
 }
 
+// --- teaching per trial: asked, took over, the teacher's seconds, the agent's success alone -------------
+
+// One point per trial and per series: the finished trials, then the current one as it goes.
+function teachingPoints() {
+  const points = state.history.map((trial) => ({
+    trial: trial.trial, asked: trial.ask_rate, tookOver: trial.intervention_rate, seconds: trial.teacher_seconds,
+    success: trial.eval_success_rate, current: false,
+  }));
+  const s = state.status;
+  const ended = s && state.history.some((trial) => trial.trial_id === s.trial_id); // its status may come after its summary
+  if (s && s.phase === "running" && s.step && !ended) {
+    const t = state.training && state.training.latest_evaluation;
+    points.push({ trial: s.trial, asked: s.ask_rate, tookOver: s.teacher_steps / s.step, seconds: s.teacher_seconds,
+      success: t ? t.success_rate : null, current: true });
+  }
+  return points.slice(-30);
+}
+
+let drawnChart = "";
+
+function drawTeachingChart() {
+  const points = teachingPoints();
+  const key = JSON.stringify(points);
+  if (key === drawnChart) return; // nothing new: no repaint
+  drawnChart = key;
+  const chart = $("teaching-chart");
+  const scale = window.devicePixelRatio || 1;
+  const width = chart.clientWidth || chart.width, height = chart.clientHeight || chart.height;
+  if (chart.width !== Math.round(width * scale)) { chart.width = Math.round(width * scale); chart.height = Math.round(height * scale); }
+  const g = chart.getContext("2d");
+  g.setTransform(scale, 0, 0, scale, 0, 0);
+  g.clearRect(0, 0, width, height);
+  g.font = "11px system-ui, sans-serif";
+  const left = 34, right = width - 34, top = 8, bottom = height - 18;
+  const maxSeconds = Math.max(10, ...points.map((p) => p.seconds));
+  const x = (i) => (points.length < 2 ? (left + right) / 2 : left + ((right - left) * i) / (points.length - 1));
+  const y = (share) => bottom - (bottom - top) * share;
+  // Axes: shares on the left (0-100%), the teacher's seconds on the right.
+  g.strokeStyle = "#e3e6eb";
+  g.fillStyle = "#6b7280";
+  for (const share of [0, 0.5, 1]) {
+    g.beginPath(); g.moveTo(left, y(share)); g.lineTo(right, y(share)); g.stroke();
+    g.textAlign = "right"; g.fillText(`${100 * share}%`, left - 4, y(share) + 4);
+    g.textAlign = "left"; g.fillText(`${Math.round(maxSeconds * share)} s`, right + 4, y(share) + 4);
+  }
+  if (!points.length) {
+    g.textAlign = "center";
+    g.fillText("no trial yet", (left + right) / 2, (top + bottom) / 2);
+    return;
+  }
+  g.textAlign = "center";
+  points.forEach((p, i) => g.fillText(p.current ? `${p.trial ?? "?"}…` : String(p.trial ?? "?"), x(i), height - 4));
+  // The teacher's seconds: bars behind the lines; the current trial's bar is lighter.
+  const bar = Math.min(18, (right - left) / Math.max(points.length, 1) / 2);
+  points.forEach((p, i) => {
+    g.fillStyle = p.current ? "#6b728044" : "#6b728088";
+    const barTop = bottom - (bottom - top) * (p.seconds / maxSeconds);
+    g.fillRect(x(i) - bar / 2, barTop, bar, bottom - barTop);
+  });
+  const series = [["asked", "#f59e0b", [5, 3]], ["tookOver", "#ea580c", []], ["success", "#16a34a", []]];
+  for (const [name, colour, dash] of series) {
+    g.strokeStyle = colour;
+    g.fillStyle = colour;
+    g.lineWidth = 2;
+    g.setLineDash(dash);
+    g.beginPath();
+    let drawing = false;
+    points.forEach((p, i) => {
+      if (p[name] === null) { drawing = false; return; } // no evaluation yet: a gap
+      if (drawing) g.lineTo(x(i), y(p[name])); else g.moveTo(x(i), y(p[name]));
+      drawing = true;
+    });
+    g.stroke();
+    g.setLineDash([]);
+    points.forEach((p, i) => {
+      if (p[name] === null) return;
+      g.beginPath();
+      g.arc(x(i), y(p[name]), 3.5, 0, 2 * Math.PI);
+      if (p.current) { g.fillStyle = "#fff"; g.fill(); g.stroke(); g.fillStyle = colour; } else g.fill();
+    });
+  }
+}
+setInterval(drawTeachingChart, 500); // the current trial's point, twice a second
+
 // --- training: the run's model iteration, its loss trend, the end of the run ------------------------
 
 function setTraining(training) {
@@ -239,6 +361,7 @@ function setTraining(training) {
   setText($("loss"), t && t.loss !== null ? t.loss.toFixed(4) : "–");
   setText($("training-note"), !t ? "waiting for the first model" : t.run_finished ? "the run has finished" : t.training_steps ? `${t.training_steps} training steps` : "");
   drawLossTrend(t ? t.loss_trend : []);
+  drawTeachingChart();
   const summary = $("run-summary");
   summary.hidden = !(t && t.run_finished);
   setText(summary, summary.hidden ? "" : runSummary());
@@ -332,9 +455,9 @@ function setKeyMap(keyMap) {
     bindPointer(button, control.action);
     buttons.append(button);
   }
-  const pauseRow = document.createElement("tr");
-  pauseRow.innerHTML = "<td><kbd>P</kbd></td><td>Pause / resume</td>";
-  legend.append(pauseRow);
+  const fixedRows = document.createElement("tbody");
+  fixedRows.innerHTML = "<tr><td><kbd>Space</kbd></td><td>Approve the agent's action</td></tr><tr><td><kbd>P</kbd></td><td>Pause / resume</td></tr>";
+  legend.append(...fixedRows.children);
   renderActing();
   sendInput(); // the keys held may mean another action now
 }
@@ -358,7 +481,7 @@ function currentAction() {
 
 function sendInput(force = false) {
   if (state.role !== "teacher") return;
-  const message = JSON.stringify({ t: "input", a: currentAction(), p: state.paused });
+  const message = JSON.stringify({ t: "input", a: currentAction(), p: state.paused, ok: state.approveKey || state.pointerApprove });
   if (message === state.lastSent && !force) return;
   state.lastSent = message;
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(message);
@@ -379,6 +502,12 @@ window.addEventListener("keydown", (event) => {
     if (!event.repeat) togglePause();
     return;
   }
+  if (event.key === " ") {
+    event.preventDefault(); // it would scroll the page, or press the focused button
+    state.approveKey = true;
+    sendInput();
+    return;
+  }
   if (state.keyMap.some((c) => c.key === event.key)) event.preventDefault(); // arrows would scroll the page
   if (event.repeat || state.keysDown.includes(event.key)) return;
   // Every key held is kept, mapped or not: a key held when the next trial (maybe of another
@@ -388,6 +517,12 @@ window.addEventListener("keydown", (event) => {
 });
 
 window.addEventListener("keyup", (event) => {
+  if (event.key === " ") {
+    event.preventDefault(); // a focused button would be clicked on the space bar's release
+    state.approveKey = false;
+    sendInput();
+    return;
+  }
   const index = state.keysDown.indexOf(event.key);
   if (index < 0) return;
   state.keysDown.splice(index, 1);
@@ -399,22 +534,30 @@ function releaseAll() {
   state.keysDown = [];
   state.gamepadKeys = []; // polling stops in a hidden tab: a held gamepad must not keep acting
   state.pointerAction = null;
+  state.approveKey = state.pointerApprove = false;
   sendInput();
 }
 window.addEventListener("blur", releaseAll);
 document.addEventListener("visibilitychange", () => { if (document.hidden) releaseAll(); });
 
 function bindPointer(button, action) {
+  bindHold(button, (held) => {
+    if (held) state.pointerAction = action;
+    else if (state.pointerAction === action) state.pointerAction = null;
+  });
+}
+
+// A button held with a mouse or a finger: hold(true) on press, hold(false) on release, then the input is sent.
+function bindHold(button, hold) {
   button.addEventListener("pointerdown", (event) => {
     if (button.disabled) return;
     button.setPointerCapture(event.pointerId);
-    state.pointerAction = action;
+    hold(true);
     sendInput();
   });
   const release = () => {
-    if (state.pointerAction !== action) return;
-    state.pointerAction = null;
-    sendInput();
+    hold(false);
+    sendInput(); // unchanged input is not sent again
   };
   button.addEventListener("pointerup", release);
   button.addEventListener("pointercancel", release);
@@ -460,6 +603,7 @@ function pollGamepads() {
 window.addEventListener("gamepadconnected", () => { if (!polling) pollGamepads(); });
 window.addEventListener("gamepaddisconnected", () => { if (!polling) pollGamepads(); });
 
+bindHold($("approve"), (held) => { state.pointerApprove = held; }); // approves like the space bar
 $("pause").addEventListener("click", togglePause);
 $("claim").addEventListener("click", () => send({ t: "claim" }));
 
