@@ -38,14 +38,13 @@ from actors.bc import (
     train_epochs,
     transitions,
 )
-from apprentice.help import HelpSettings
+from apprentice.help import HelpSettings, uncertainty_quantiles
 from apprentice.model import RUN_FINISHED
 from apprentice.rollouts import RolloutPlan, RolloutResult, collect_episodes
 from apprentice.run import RunSession
 from apprentice.teaching import BetaPer, TeacherMode
 
 BETA_SCHEDULES = ("constant", "linear", "exponential")
-UNCERTAINTY_QUANTILES = (0.5, 0.9, 0.99)
 
 
 def beta_for_round(schedule: str, round_index: int, value: float, rounds: int, decay: float) -> float:
@@ -77,9 +76,7 @@ def help_figures(rollouts: RolloutResult) -> dict[str, float]:
         "takeover_rate": rollouts.teacher_performed_steps / max(rollouts.steps, 1),
         "labelled_rate": float(np.concatenate([episode.demonstrations for episode in episodes]).mean()),
     }
-    for quantile in UNCERTAINTY_QUANTILES:
-        figures[f"uncertainty_q{round(quantile * 100)}"] = float(np.quantile(uncertainty, quantile))
-    return figures
+    return {**figures, **uncertainty_quantiles(uncertainty)}
 
 
 class DAggerTraining:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cogment
 import gymnasium
@@ -28,7 +28,7 @@ from torch import nn
 
 from actors.scripted_teacher import SUPPORTED_ENV_IDS as SCRIPTED_TEACHER_ENV_IDS
 from apprentice.ensemble import EnsembleMLP, EnsemblePolicy
-from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for
+from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for, uncertainty_quantiles
 from apprentice.model import RUN_FINISHED, Model
 from apprentice.model_follower import FollowedModel, ModelFollowers
 from apprentice.protos.data_pb2 import ActorConfig, EnvironmentConfig, EnvironmentSpecs
@@ -204,6 +204,7 @@ class TrialSummary:
     approvals: int = 0  # steps the teacher explicitly approved
     asked: int = 0  # steps the agent asked for help at
     answered: int = 0  # of those, the steps the teacher answered (took over or approved)
+    uncertainties: list[float] = field(default_factory=list)  # the agent's, per step (when it measures one)
     invalid_teacher_actions: int = 0
     teacher_seconds: float = 0.0  # time during which the teacher was acting (holding a key)
     # False when the samples ended before the environment's final observation: the trial was cut
@@ -303,6 +304,7 @@ class SimpleBCTraining:
             summary.approvals += step.approved
             summary.asked += step.asked
             summary.answered += step.answered
+            summary.uncertainties.append(step.uncertainty)
             summary.invalid_teacher_actions += step.invalid_teacher_action
             previous_was_demonstration = step.demonstration
         session.produce_sample(summary)
@@ -368,6 +370,7 @@ class SimpleBCTraining:
                     teacher_actions=sample.demonstrations + sample.approvals,
                     asked_rate=sample.asked / max(sample.steps, 1),
                     answered_rate=sample.answered / max(sample.asked, 1),
+                    **(uncertainty_quantiles(np.array(sample.uncertainties)) if self.help.mode is HelpMode.ASK else {}),
                 )
                 asked = f"  asked {sample.asked / max(sample.steps, 1):6.1%}" if self.help.mode is HelpMode.ASK else ""
                 ended_early = f"  ended early: {TRIAL_CUT_SHORT}" if sample.ended_early() else ""

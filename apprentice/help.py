@@ -25,6 +25,7 @@ import numpy as np
 from apprentice.protos import data_pb2
 
 DEFAULT_WINDOW = 1000  # recent steps whose uncertainties set the threshold
+UNCERTAINTY_QUANTILES = (0.5, 0.9, 0.99)  # logged per trial and per round
 
 
 class HelpMode(enum.StrEnum):
@@ -150,3 +151,10 @@ def add_help_request(action: data_pb2.PlayerAction, gate: HelpGate | None, uncer
         return
     action.ask_for_help.extend(gate.ask(uncertainty).tolist())
     action.uncertainty.extend(np.asarray(uncertainty, dtype=np.float32).tolist())
+
+
+def uncertainty_quantiles(uncertainties: np.ndarray) -> dict[str, float]:
+    """``uncertainty_q50``, ``_q90``, ``_q99`` of a trial's or a round's steps (nothing without steps)."""
+    if not len(uncertainties):
+        return {}
+    return {f"uncertainty_q{round(quantile * 100)}": float(np.quantile(uncertainties, quantile)) for quantile in UNCERTAINTY_QUANTILES}

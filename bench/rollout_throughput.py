@@ -2,6 +2,7 @@
 
     nice -n 5 .venv/bin/python bench/rollout_throughput.py [--settings 16x2 64x1 32x2 64x2 64x2c2] [--repeats 3]
         [--episodes-per-copy 1] [--episode-steps STEPS] [--expert ../shared/experts/Hopper.pkl] [--profile DIR]
+        [--hidden-sizes 64 64] [--ensemble-size 1] [--ask]
 
 Starts ``python -m apprentice.services`` (orchestrator, datastore with SQLite, model registry) and
 ``python -m apprentice.components`` (``GymEnvironment``, ``ImitationPlayer`` acting with an
@@ -9,6 +10,9 @@ untrained ``ImitationModel`` published in the registry, ``ExpertTeacher``), as `
 does; this process is the run: it plays roll-outs with ``apprentice.rollouts.collect_episodes``, the
 path behavioral cloning takes (the expert in the teacher's seat in ``override`` mode, every tick
 through the datastore and back into whole episodes by ``apprentice.episodes.EpisodeAssembler``).
+
+The player acts at every tick even though the expert plays: ``--hidden-sizes``, ``--ensemble-size``
+and ``--ask`` (its help gate on) say what that acting costs a trial's step.
 
 For each ``NxP`` setting (N copies of Hopper-v4 per trial, P trials at once; every copy plays
 ``--episodes-per-copy`` episodes, so a measurement is N x P x that many episodes of ~1,000 steps)
@@ -59,6 +63,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from actors.bc import ImitationModel  # noqa: E402
 from apprentice import cog_settings, rollouts  # noqa: E402
 from apprentice.experts import ExpertPolicy, load_expert  # noqa: E402
+from apprentice.help import HelpMode, HelpSettings  # noqa: E402
 from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes  # noqa: E402
 from apprentice.run import Endpoints, RunSession  # noqa: E402
 from apprentice.spaces import environment_specs  # noqa: E402
@@ -190,7 +195,8 @@ def bare_loop(expert: ExpertPolicy, copies: int, episodes: int, make_kwargs: dic
 
 
 async def cogment_rollouts(
-    sessions: list[RunSession], setting: Setting, episodes: int, make_kwargs: dict, name: str, seat: TeacherSeat, processes: dict[str, int]
+    sessions: list[RunSession], setting: Setting, episodes: int, make_kwargs: dict, name: str, seat: TeacherSeat, processes: dict[str, int],
+    help_settings: HelpSettings | None = None,
 ) -> Measurement:
     """``episodes`` expert roll-outs with ``collect_episodes``, the way behavioral cloning plays them.
 
@@ -200,7 +206,8 @@ async def cogment_rollouts(
     specs = environment_specs(ENV_ID)
     plan = RolloutPlan(episodes, setting.copies, setting.parallel, seed=0)
     with measuring(processes) as measured:
-        result = await collect_episodes(sessions[setting.components - 1], name, ENV_ID, make_kwargs, specs, plan, seat, PLAYER.partition("=")[0])
+        result = await collect_episodes(sessions[setting.components - 1], name, ENV_ID, make_kwargs, specs, plan, seat, PLAYER.partition("=")[0],
+                                        help_settings=help_settings)
     if len(result.episodes) != episodes:
         print(f"  {name}: {len(result.episodes)} whole episodes of {episodes} (see the components' log)")
     return measurement(result.steps, measured)
@@ -248,7 +255,8 @@ async def run(args: argparse.Namespace) -> None:
             endpoints = Endpoints(services.endpoint, services.endpoint, services.endpoint, tuple(child.endpoint for child in components[:count]))
             sessions.append(await RunSession(RUN_ID, None, endpoints, context, NoMetrics()).open())
         torch.manual_seed(0)
-        await ImitationModel(RUN_ID, environment_specs(ENV_ID), HIDDEN_SIZES).store(sessions[0].model_registry)
+        await ImitationModel(RUN_ID, environment_specs(ENV_ID), args.hidden_sizes, ensemble_size=args.ensemble_size).store(sessions[0].model_registry)
+        help_settings = HelpSettings(HelpMode.ASK, budget=0.1) if args.ask else None
         seat = TeacherSeat("expert", TeacherMode.OVERRIDE, str(expert_path))
         processes = {"services": services.process.pid, "run": os.getpid(), **{child.name: child.process.pid for child in components}}
 
@@ -263,7 +271,8 @@ async def run(args: argparse.Namespace) -> None:
                 episodes = setting.copies * setting.parallel * args.episodes_per_copy
                 if profiler:
                     profiler.enable()
-                through = await cogment_rollouts(sessions, setting, episodes, make_kwargs, f"r{repeat}-{setting}", seat, processes)
+                through = await cogment_rollouts(sessions, setting, episodes, make_kwargs, f"r{repeat}-{setting}", seat, processes,
+                                                help_settings)
                 if profiler:
                     profiler.disable()
                 bare = bare_loop(expert, setting.copies, episodes, make_kwargs)
@@ -310,6 +319,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--episodes-per-copy", type=int, default=1, help="episodes each copy plays per measurement (default 1)")
     parser.add_argument("--episode-steps", type=int, help="max_episode_steps of Hopper-v4 (default: its own, 1,000)")
     parser.add_argument("--expert", default="../shared/experts/Hopper.pkl", help="the Hopper expert, relative to the project root")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=HIDDEN_SIZES, help="the learner's hidden layers (default 64 64)")
+    parser.add_argument("--ensemble-size", type=int, default=1, help="networks in the learner's ensemble (default 1)")
+    parser.add_argument("--ask", action="store_true", help="the learner asks for help (run.help.mode=ask, budget 0.1): its gate runs every step")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the components and this process; the components' profile goes to DIR")
     parser.add_argument("--keep-logs", action="store_true", help="keep the subprocess logs and print where")
     return parser.parse_args()
