@@ -61,8 +61,17 @@ class EnsembleMLP(nn.Module):
             self.biases.append(nn.Parameter(torch.stack([bias for _weight, bias in drawn]).unsqueeze(1)))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        values = inputs if inputs.dim() == 3 else inputs.unsqueeze(0).expand(self.members, *inputs.shape)
         last = len(self.weights) - 1
+        if self.members == 1:
+            # One network: plain matrix products of views of the weights, as nn.Linear computes them
+            # (a batched product of one matrix, or indexing the weights, trains 10-25% slower here).
+            values = inputs.squeeze(0) if inputs.dim() == 3 else inputs
+            for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+                values = torch.addmm(bias.view(-1), values, weight.squeeze(0))
+                if index < last:
+                    values = torch.relu(values)
+            return values.unsqueeze(0)
+        values = inputs if inputs.dim() == 3 else inputs.unsqueeze(0).expand(self.members, *inputs.shape)
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             values = torch.baddbmm(bias, values, weight)
             if index < last:
