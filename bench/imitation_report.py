@@ -9,8 +9,9 @@ For each task (``--tasks hopper`` runs one task alone):
    ``actors.bc.evaluate`` with the run's own ``Task`` (the same episodes and seeds the learners are
    evaluated on; the expert's actions clipped to the action space, as the environment does).
 2. **Reference roll-out counts**: ``python -m main +experiment=bc/<task>`` and ``dagger/<task>``
-   with the config defaults (CS294's roll-out counts, 100 BC epochs, 10 DAgger rounds of 40 epochs;
-   3 rounds of 20 epochs for Walker2d and Ant, whose 250 roll-outs make each epoch cost minutes).
+   with the config defaults (CS294's roll-out counts; 100 BC epochs, 50 for Walker2d and Ant; 10
+   DAgger rounds of 40 epochs, 3 rounds of 20 epochs for Walker2d and Ant, whose 250 roll-outs make
+   each epoch cost minutes).
 3. **One expert roll-out**, ``--seeds`` seeds: BC with ``run.rollouts=1``; DAgger with
    ``run.rollouts=1 run.rollouts_per_round=1 run.rounds=10``.
 
