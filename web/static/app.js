@@ -286,6 +286,17 @@ function teachingPoints() {
   return points.slice(-30);
 }
 
+// A canvas sized to its displayed size at the screen's pixel ratio, cleared, drawn in CSS pixels.
+function clearedCanvas(canvas) {
+  const scale = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || canvas.width, height = canvas.clientHeight || canvas.height;
+  if (canvas.width !== Math.round(width * scale)) { canvas.width = Math.round(width * scale); canvas.height = Math.round(height * scale); }
+  const g = canvas.getContext("2d");
+  g.setTransform(scale, 0, 0, scale, 0, 0);
+  g.clearRect(0, 0, width, height);
+  return { g, width, height };
+}
+
 let drawnChart = "";
 
 function drawTeachingChart() {
@@ -293,13 +304,7 @@ function drawTeachingChart() {
   const key = JSON.stringify(points);
   if (key === drawnChart) return; // nothing new: no repaint
   drawnChart = key;
-  const chart = $("teaching-chart");
-  const scale = window.devicePixelRatio || 1;
-  const width = chart.clientWidth || chart.width, height = chart.clientHeight || chart.height;
-  if (chart.width !== Math.round(width * scale)) { chart.width = Math.round(width * scale); chart.height = Math.round(height * scale); }
-  const g = chart.getContext("2d");
-  g.setTransform(scale, 0, 0, scale, 0, 0);
-  g.clearRect(0, 0, width, height);
+  const { g, width, height } = clearedCanvas($("teaching-chart"));
   g.font = "11px system-ui, sans-serif";
   const left = 34, right = width - 34, top = 8, bottom = height - 18;
   const maxSeconds = Math.max(10, ...points.map((p) => p.seconds));
@@ -388,13 +393,7 @@ function runSummary() {
 
 // A sparkline of the loss per iteration, scaled to its own range (the trend matters, not the unit).
 function drawLossTrend(points) {
-  const trend = $("loss-trend");
-  const scale = window.devicePixelRatio || 1;
-  const width = trend.clientWidth || trend.width, height = trend.clientHeight || trend.height;
-  if (trend.width !== Math.round(width * scale)) { trend.width = Math.round(width * scale); trend.height = Math.round(height * scale); }
-  const g = trend.getContext("2d");
-  g.setTransform(scale, 0, 0, scale, 0, 0);
-  g.clearRect(0, 0, width, height);
+  const { g, width, height } = clearedCanvas($("loss-trend"));
   if (!points || points.length < 2) {
     g.fillStyle = "#6b7280";
     g.font = "12px system-ui, sans-serif";
