@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from apprentice.launcher import exit_with_parent
+from apprentice.launcher import exit_with_parent, free_port
 from apprentice.metrics import (
     DEFAULT_DATA_DIR,
     DEFAULT_SERVER_PORT,
@@ -77,13 +77,6 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def free_port(host: str) -> int:
-    family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind) as probe:
-        probe.bind(address)
-        return probe.getsockname()[1]
 
 
 def mlflow_server_command(args: argparse.Namespace, store: MlflowStore, extra: list[str]) -> list[str]:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from apprentice.datasets import Dataset, Episode, load_dataset
-from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, member_batches
+from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, member_batches, use_small_network_settings
 from apprentice.experts import ExpertFileError, check_expert_fits, load_expert
 from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for
 from apprentice.model import RUN_FINISHED, Model
@@ -42,8 +42,7 @@ from apprentice.teaching import TeacherMode
 
 log = logging.getLogger(__name__)
 
-# Small networks gain nothing from intra-op threads: one thread trains fastest here.
-torch.set_num_threads(1)
+use_small_network_settings()
 
 
 # --- 1. The model ----------------------------------------------------------------------------
@@ -379,7 +378,7 @@ class BCTraining:
         training_mask = torch.ones(len(observations), dtype=torch.bool)
         training_mask[validation] = False
         model.fit_normalization(observations[training_mask])
-        optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
+        optimizer = model.network.adam(cfg.learning_rate)
         training_started = time.perf_counter()
         history = train_epochs(model, optimizer, observations, labels, validation, cfg.epochs, cfg.batch_size, generator)
         training_seconds = time.perf_counter() - training_started

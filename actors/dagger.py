@@ -119,7 +119,7 @@ class DAggerTraining:
             raise RuntimeError("the expert played no whole episode: nothing to learn from (see the components' log)")
         observations, labels = transitions(episodes)
         model.fit_normalization(observations)  # kept for every round: the warm-started network sees the same inputs
-        optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
+        optimizer = model.network.adam(cfg.learning_rate)
         epoch = 0
 
         # 2. Rounds: train on everything so far, evaluate, let the learner play and the expert label.

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from actors.scripted_teacher import SUPPORTED_ENV_IDS as SCRIPTED_TEACHER_ENV_IDS
-from apprentice.ensemble import EnsembleMLP, EnsemblePolicy
+from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, use_small_network_settings
 from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for, uncertainty_quantiles
 from apprentice.model import RUN_FINISHED, Model
 from apprentice.model_follower import FollowedModel, ModelFollowers
@@ -40,8 +40,7 @@ from apprentice.teaching import TeacherMode, decide
 
 log = logging.getLogger(__name__)
 
-# Tiny networks gain nothing from intra-op threads; they would fight the gRPC threads instead.
-torch.set_num_threads(1)
+use_small_network_settings()
 
 
 # --- 1. The model ----------------------------------------------------------------------------
@@ -346,7 +345,7 @@ class SimpleBCTraining:
                 }
             )
 
-        optimizer = torch.optim.Adam(model.network.parameters(), lr=cfg.learning_rate)
+        optimizer = model.network.adam(cfg.learning_rate)
         generator = torch.Generator().manual_seed(cfg.seed)
         publications, loss_value, losses_since_publication, trials_played = 0, float("nan"), [], 0
         trials = [

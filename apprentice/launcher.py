@@ -16,6 +16,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -241,3 +242,11 @@ class SupervisedServer:
         except asyncio.CancelledError:  # main is stopping: the half-started child goes with it
             process.kill()
             raise
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago (the OS's pick), for a server about to start there."""
+    family, kind, _protocol, _name, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind) as probe:
+        probe.bind(address)
+        return probe.getsockname()[1]

@@ -53,7 +53,7 @@ def bc_return(task: Task, hidden_sizes: list[int], observations: torch.Tensor, l
     generator = torch.Generator().manual_seed(seed)
     model = ImitationModel("sweep", task.specs, hidden_sizes)
     model.fit_normalization(observations)
-    optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-3)
+    optimizer = model.network.adam(1e-3)
     _train, validation = split_validation(len(observations), 0.1, generator)
     train_epochs(model, optimizer, observations, labels, validation, 100, 32, generator)
     return float(evaluate(model.policy(), task, 10, 100_000).mean())
@@ -67,7 +67,6 @@ def main() -> None:
     parser.add_argument("--experts", default=str(PROJECT_ROOT.parent / "shared" / "experts"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*is out of date")  # the experts were measured on -v4
-    torch.set_num_threads(1)
 
     make_kwargs = {"use_contact_forces": True} if args.task == "Ant-v4" else {}
     task = Task(args.task, make_kwargs, environment_specs(args.task, make_kwargs), "expert", "")

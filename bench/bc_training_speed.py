@@ -11,7 +11,7 @@ times, because this VM's speed drifts by 20-40% within minutes:
 1. **Apprentice's BC**: ``actors.bc.train_epochs`` on an ``actors.bc.ImitationModel`` (2x64 ReLU,
    observations normalized by the data's mean and std), Adam lr 1e-3, batch 32, ``--epochs``
    epochs, with the validation loss after each epoch as in the runs (its cost is included).
-2. **Bare torch loop**: the same network and optimizer over pre-made tensors (inputs normalized
+2. **Bare torch loop**: the same network and optimizer (Adam, fused) over pre-made tensors (inputs normalized
    beforehand): per epoch a randperm, then per batch a slice, forward, MSE, backward, Adam step.
 3. **imitation's BC** (``imitation`` 1.0.1, ``bc.BC(...).train(n_epochs=...)``, an SB3
    ``ActorCriticPolicy`` with a 2x64 ReLU policy network, batch 32, lr 1e-3) on the same training
@@ -120,7 +120,7 @@ def time_apprentice(data: Data, epochs: int, seed: int) -> float:
     torch.manual_seed(seed)
     model = ImitationModel("bench", environment_specs(ENV_ID), HIDDEN_SIZES)
     model.fit_normalization(data.observations[data.train])
-    optimizer = torch.optim.Adam(model.network.parameters(), lr=LEARNING_RATE)
+    optimizer = model.network.adam(LEARNING_RATE)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     train_epochs(model, optimizer, data.observations, data.actions, data.validation, epochs, BATCH_SIZE, generator)
@@ -136,7 +136,7 @@ def time_bare_loop(data: Data, epochs: int, seed: int) -> float:
     inputs, labels = data.observations[data.train], data.actions[data.train]
     inputs = (inputs - inputs.mean(dim=0)) / inputs.std(dim=0).clamp_min(1e-6)
     network = nn.Sequential(nn.Linear(inputs.shape[1], 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, labels.shape[1]))
-    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE, fused=True)  # as the runs (EnsembleMLP.adam)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     for _epoch in range(epochs):
@@ -279,7 +279,7 @@ def main() -> None:
     sys.path.insert(0, str(PROJECT_ROOT))
     import torch
 
-    import actors.bc  # noqa: F401 - sets torch to one thread, as in the runs
+    import actors.bc  # noqa: F401 - sets torch to one thread and flushes denormals (use_small_network_settings), as in the runs
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.transitions} {ENV_ID} expert transitions, "
           f"batch {BATCH_SIZE}, {HIDDEN_SIZES} ReLU, Adam lr {LEARNING_RATE}", flush=True)

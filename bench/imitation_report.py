@@ -56,9 +56,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from actors.bc import ImitationModel, Task, evaluate  # noqa: E402
 from apprentice.experts import ExpertPolicy, load_expert  # noqa: E402
+from apprentice.launcher import free_port  # noqa: E402
 from apprentice.metrics import MlflowStore  # noqa: E402
 from apprentice.services.model_registry.archive import DiskArchive  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*is out of date")  # the -v4 tasks are the experts', on purpose (after gymnasium's own filters)
 
@@ -124,8 +124,10 @@ LARGE_REFERENCE_ROUNDS, LARGE_REFERENCE_EPOCHS, LARGE_REFERENCE_ROLLOUTS = 3, 20
 QUICK_ROLLOUTS, QUICK_ROUNDS = 2, 2
 # Gated DAgger (issue 11): the learner, an ensemble of ASK_ENSEMBLE networks, asks the expert for at most
 # ASK_BUDGET of its steps; the tasks of the issue's target (Reacher's one-roll-out DAgger never reaches it).
+# 0.05 rather than 0.1: on Walker2d (3 seeds, run by hand on 2026-12-04) 0.05 reached 95% of the expert at round 4
+# with 1,131 labels, where 0.1 had needed round 5 and 1,243 (the report of 2026-12-03).
 ASK_TASKS = ("hopper", "half_cheetah", "walker2d", "ant")
-ASK_ENSEMBLE, ASK_BUDGET = 5, 0.1
+ASK_ENSEMBLE, ASK_BUDGET = 5, 0.05
 
 
 def plan_runs(tasks: list[str], seeds: int, quick: bool, composed: dict) -> list[RunSpec]:
@@ -412,7 +414,7 @@ class Report:
             "",
             "What each run used, and its wall time in seconds: the whole `python -m main` process (start-up and stop included),",
             "in brackets the run itself (`wall_seconds`: roll-outs, training, evaluations). DAgger's roll-outs are the",
-            "expert's, then the learner's (one per round by default), every step of them labelled by the expert.",
+            "expert's, then the learner's (one per round by default, ten for Reacher), every step of them labelled by the expert.",
             "",
             "| env | BC roll-outs | BC expert labels | BC epochs | BC wall s | DAgger roll-outs (expert + learner) | DAgger expert labels | DAgger epochs | DAgger wall s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -22,8 +22,7 @@ import cogment
 import psutil
 
 from apprentice import cog_settings
-from apprentice.launcher import PROJECT_ROOT, start_python
-from tests.conftest import free_port
+from apprentice.launcher import PROJECT_ROOT, free_port, start_python
 
 # Which part of the run a process is, from a marker in its command line.
 ROLES = {

@@ -30,9 +30,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from actors.simple_bc import SimpleBCModel  # noqa: E402
+from apprentice.launcher import free_port  # noqa: E402
 from apprentice.metrics import MetricsLogger  # noqa: E402
 from apprentice.spaces import environment_specs  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 RESULT_LINE = re.compile(r"success rate alone (\d+)% over (\d+) episodes")
 
@@ -87,7 +87,7 @@ def time_training_loop(steps: int, with_logging: bool, work_dir: Path) -> float:
     """Training steps per second of the SimpleBC update, logging loss and total_samples each step."""
     torch.manual_seed(0)
     model = SimpleBCModel("bench", environment_specs("MountainCar-v0"), [64, 64])
-    optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-3)
+    optimizer = model.network.adam(1e-3)
     rng = np.random.default_rng(0)
     observations = [model.observation_tensor(rng.uniform([-1.2, -0.07], [0.6, 0.07])) for _ in range(2000)]
     actions = [model.action_tensor(a) for a in rng.integers(0, 3, 2000)]

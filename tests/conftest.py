@@ -1,8 +1,7 @@
-"""Fixtures shared by the whole suite: free ports and the Cogment services as a real process."""
+"""Fixtures shared by the whole suite: the Cogment services as a real process."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,6 @@ import pytest
 from apprentice.launcher import PROJECT_ROOT, ChildServer, start_python
 
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

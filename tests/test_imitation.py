@@ -18,7 +18,7 @@ import gymnasium
 import mlflow
 import numpy as np
 import pytest
-from conftest import SHARED_DIR, free_port, start_services_process
+from conftest import SHARED_DIR, start_services_process
 from omegaconf import OmegaConf
 
 from actors.bc import ImitationModel
@@ -26,7 +26,7 @@ from actors.scripted_teacher import expert_pushes
 from apprentice import cog_settings
 from apprentice.datasets import Episode
 from apprentice.experts import load_expert
-from apprentice.launcher import PROJECT_ROOT, start_python
+from apprentice.launcher import PROJECT_ROOT, free_port, start_python
 from apprentice.metrics import MlflowStore
 from apprentice.rollouts import RolloutPlan, TeacherSeat, collect_episodes
 from apprentice.run import Endpoints, RunSession, on_components

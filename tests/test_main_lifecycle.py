@@ -18,10 +18,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
 from test_simple_bc import TRIAL_LINE, main_command, still_running_after
 
-from apprentice.launcher import PROJECT_ROOT, ChildExited, SupervisedServer
+from apprentice.launcher import PROJECT_ROOT, ChildExited, SupervisedServer, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

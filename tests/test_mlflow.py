@@ -17,10 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
 
 from apprentice import metrics_writer
-from apprentice.launcher import PROJECT_ROOT, ChildServer, start_python
+from apprentice.launcher import PROJECT_ROOT, ChildServer, free_port, start_python
 from apprentice.metrics import MetricsLogger, MlflowStore, resolve_tracking_uri
 
 STEPS = 1500  # two metrics a step: three log_batch calls of 1000

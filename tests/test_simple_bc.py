@@ -21,12 +21,12 @@ from pathlib import Path
 import cogment
 import psutil
 import pytest
-from conftest import free_port, start_services_process
+from conftest import start_services_process
 from omegaconf import OmegaConf
 
 from actors.simple_bc import SimpleBCModel, SimpleBCTraining, TrialSummary
 from apprentice import cog_settings
-from apprentice.launcher import PROJECT_ROOT, start_python
+from apprentice.launcher import PROJECT_ROOT, free_port, start_python
 from apprentice.run import Endpoints, RunSession
 
 pytestmark = pytest.mark.timeout(300)

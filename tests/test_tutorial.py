@@ -28,10 +28,10 @@ from pathlib import Path
 import cogment
 import numpy as np
 import pytest
-from conftest import free_port, start_services_process
+from conftest import start_services_process
 
 from apprentice import cog_settings
-from apprentice.launcher import PROJECT_ROOT
+from apprentice.launcher import PROJECT_ROOT, free_port
 from apprentice.protos.data_pb2 import PlayerAction
 from apprentice.spaces import array_from_tensor, environment_specs, gym_action, gym_from_space, is_noop
 from apprentice.teaching import decide

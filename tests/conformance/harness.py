@@ -27,9 +27,9 @@ from typing import Any
 import cogment
 import grpc
 from cogment.api import orchestrator_pb2_grpc
-from conftest import free_port
 from google.protobuf import wrappers_pb2
 
+from apprentice.launcher import free_port
 from conformance import cog_settings
 from conformance.scripted import ListRecorder, make_actor_impl
 

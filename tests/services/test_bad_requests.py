@@ -27,9 +27,9 @@ from cogment.api import (
     trial_datastore_pb2,
     trial_datastore_pb2_grpc,
 )
-from conftest import ServicesProcess, free_port
+from conftest import ServicesProcess
 
-from apprentice.launcher import start_python
+from apprentice.launcher import free_port, start_python
 from apprentice.services.bad_requests import RateLimitedLog
 from apprentice.services.orchestrator import Orchestrator
 from apprentice.services.orchestrator.params import MAX_ACTORS, MAX_TIMEOUT_SECONDS
