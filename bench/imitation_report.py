@@ -491,11 +491,13 @@ class Report:
             f"only where they disagree, for at most {ASK_BUDGET:.0%} of its steps (`run.ensemble_size={ASK_ENSEMBLE} run.help.mode=ask "
             f"run.help.budget={ASK_BUDGET}`);",
             "only those steps are labelled and learned from. Expert labels include round 0's roll-out. Target (issue 11): 95% of",
-            "the expert with at most half the labels plain DAgger needed, in this report and in imitation's figures.",
+            "the expert with at most half the labels plain DAgger needed, in this report and in imitation's figures. Both start",
+            "from the same expert roll-out, whose labels come before any request: the lowest ratio any gate could reach is",
+            "that roll-out's labels over plain DAgger's (the floor column).",
             "",
             "| env | threshold | plain: first round reaching it, labels then | gated: return round 0 / last | gated: first round reaching it | "
-            "gated: labels then | gated / plain | imitation's labels | asked (share of the learner's steps) | target |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "gated: labels then | gated / plain | floor | imitation's labels | asked (share of the learner's steps) | target |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for task in tasks:
             reference, expert = REFERENCES[task], self.experts[task].mean()
@@ -505,18 +507,19 @@ class Report:
             gated = dagger_one(task, gated_runs, expert) if all(gated_runs) else None
             threshold = f"{threshold_text(task, 0.95)} of {number(task, expert)}"
             if gated is None or not gated.rounds:
-                lines.append(f"| {reference.label} | {threshold} | | failed | | | | | | not met |")
+                lines.append(f"| {reference.label} | {threshold} | | failed | | | | | | | not met |")
                 continue
             plain_labels = plain.labels_at_reach if plain is not None else math.nan
             plain_cell = f"{plain.reached_round}, {plain_labels:,.0f}" if plain is not None and plain.reached_round is not None else "never"
             gated_reached = gated.reached_round is not None
             ratio = gated.labels_at_reach / plain_labels if gated_reached and not math.isnan(plain_labels) else math.nan
+            floor = gated.labels_mean[0] / plain_labels  # round 0's labels: the expert roll-out (nan without a plain figure)
             asked = np.mean([value for run in gated_runs for _step, value in run.history["asked_rate"]])
             target = gated_reached and ratio <= 0.5 and gated.labels_at_reach <= 0.5 * reference.imitation_dagger_labels
             lines.append(
                 f"| {reference.label} | {threshold} | {plain_cell} | {number(task, gated.return_mean[0])} / {number(task, gated.return_mean[-1])} | "
                 f"{gated.reached_round if gated_reached else 'never'} | {f'{gated.labels_at_reach:,.0f}' if gated_reached else 'n/a'} | "
-                f"{'n/a' if math.isnan(ratio) else f'{ratio:.2f}'} | {reference.imitation_dagger_labels:,} | {asked:.1%} | {met(target)} |"
+                f"{'n/a' if math.isnan(ratio) else f'{ratio:.2f}'} | {'n/a' if math.isnan(floor) else f'{floor:.2f}'} | {reference.imitation_dagger_labels:,} | {asked:.1%} | {met(target)} |"
             )
         return [*lines, ""]
 
