@@ -90,3 +90,12 @@ def test_the_ensemble_disagrees_more_far_from_its_training_data_than_on_it():
     far = policy.decide(observations.numpy()[:500] * 4.0 + 6.0).uncertainty  # every feature far outside [-1, 1]
     assert np.median(far) > 5 * np.median(on_data)
     assert (on_data >= 0).all()
+
+
+def test_the_learners_train_with_fused_adam_and_without_denormals():
+    """actors.bc and actors.simple_bc set torch up as bench/training_kernels.py measured it (imported above)."""
+    assert torch.get_num_threads() == 1
+    assert torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0  # a denormal is flushed to zero
+    model = ImitationModel("m", environment_specs("Pendulum-v1"), [8])
+    optimizer = model.network.adam(1e-3)
+    assert optimizer.defaults["fused"] is True and optimizer.defaults["lr"] == 1e-3
