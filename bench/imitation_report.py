@@ -390,10 +390,13 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def reference_section(self) -> list[str]:
+        run_cfg = self.composed[self.tasks[0]]["bc"].run
+        last_seed = run_cfg.eval_seed + run_cfg.eval_episodes - 1
         lines = [
             "## Reference roll-out counts",
             "",
-            "Mean (std) return over the evaluation episodes (10, seeds 100000-100009, the learner alone). CS294: the 2017",
+            f"Mean (std) return over the evaluation episodes ({run_cfg.eval_episodes}, seeds {run_cfg.eval_seed}-{last_seed}, "
+            "the learner alone). CS294: the 2017",
             "homework as one student reported it. Target: BC and DAgger >= 98% of the expert's return (Reacher: within 1.0).",
             "",
             "| env | roll-outs | CS294 expert | CS294 BC | CS294 DAgger | expert here | BC here | DAgger here | BC target | DAgger target |",
