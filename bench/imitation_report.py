@@ -49,6 +49,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -103,7 +104,7 @@ class RunSpec:
     cost: float  # transitions trained on, summed over epochs and rounds: to start the longest runs first
 
 
-def run_name(algorithm: str, task: str, seed: int | None = None, variant: str = "one") -> str:
+def run_name(algorithm: str, task: str, seed: int | None = None, variant: Literal["one", "ensemble", "asks"] = "one") -> str:
     """``bc-hopper-reference``; for a one-roll-out run ``dagger-hopper-one-seed0``, ``bc-hopper-ensemble-seed0`` with
     ENSEMBLE networks, ``dagger-hopper-asks-seed0`` for gated DAgger."""
     if seed is None:
