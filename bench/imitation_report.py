@@ -125,16 +125,18 @@ QUICK_BUDGET = (f"run.epochs={QUICK_EPOCHS}", "run.envs_per_trial=2", "run.paral
 # round 0, and a round adds ~1,000 transitions to 250k: 3 rounds of 20 epochs each.
 LARGE_REFERENCE_ROUNDS, LARGE_REFERENCE_EPOCHS, LARGE_REFERENCE_ROLLOUTS = 3, 20, 100
 QUICK_ROLLOUTS, QUICK_ROUNDS = 2, 2
-# Gated DAgger (issue 11): the learner, an ensemble of ASK_ENSEMBLE networks, asks the expert for at most
-# ASK_BUDGET of its steps; the tasks of the issue's target (Reacher's one-roll-out DAgger never reaches it).
+# The report's ensembles (`run.ensemble_size`, issue 11): ENSEMBLE networks trained on bootstrapped batches of the
+# same transitions, acting with their mean action.
+ENSEMBLE = 5
+# Gated DAgger (issue 11): the learner, an ensemble, asks the expert for at most ASK_BUDGET of its steps; the
+# tasks of the issue's target (Reacher's one-roll-out DAgger never reaches it).
 # 0.05 rather than 0.1: on Walker2d (3 seeds, run by hand on 2026-12-04) 0.05 reached 95% of the expert at round 4
 # with 1,131 labels, where 0.1 had needed round 5 and 1,243 (the report of 2026-12-03).
 ASK_TASKS = ("hopper", "half_cheetah", "walker2d", "ant")
-ASK_ENSEMBLE, ASK_BUDGET = 5, 0.05
-# One-roll-out BC is also run with an ensemble of ENSEMBLE networks (`run.ensemble_size`, issue 11), acting with their
-# mean action: on Ant (run by hand, 8 seeds) it cloned 4,597 against one network's 4,484. From one roll-out it is
-# worse on Hopper and Walker2d (docs/results.md, 3 seeds; the cause was not looked into).
-ENSEMBLE = 5
+ASK_BUDGET = 0.05
+# One-roll-out BC is also run with the ensemble: on Ant (run by hand, 8 seeds) it cloned 4,597 against one
+# network's 4,484. From one roll-out it is worse on Hopper and Walker2d (docs/results.md, 3 seeds; the cause was
+# not looked into).
 
 
 def plan_runs(tasks: list[str], seeds: int, quick: bool, composed: dict) -> list[RunSpec]:
@@ -165,10 +167,10 @@ def plan_runs(tasks: list[str], seeds: int, quick: bool, composed: dict) -> list
             runs.append(RunSpec(run_name("dagger", task, seed), task, "dagger", (*one, "run.rollouts_per_round=1", f"run.rounds={one_rounds}"),
                                 trained_transitions(steps, 1, dagger_cfg.epochs, one_rounds, 1)))
             if task in ASK_TASKS:
-                asks = (*one, "run.rollouts_per_round=1", f"run.rounds={one_rounds}", f"run.ensemble_size={ASK_ENSEMBLE}",
+                asks = (*one, "run.rollouts_per_round=1", f"run.rounds={one_rounds}", f"run.ensemble_size={ENSEMBLE}",
                         "run.help.mode=ask", f"run.help.budget={ASK_BUDGET}")
                 # Each member trains on about what plain DAgger's network does after round 0 (a budget's share of each round).
-                cost = ASK_ENSEMBLE * trained_transitions(steps, 1, dagger_cfg.epochs, one_rounds, ASK_BUDGET)
+                cost = ENSEMBLE * trained_transitions(steps, 1, dagger_cfg.epochs, one_rounds, ASK_BUDGET)
                 runs.append(RunSpec(run_name("dagger", task, seed, "asks"), task, "dagger", asks, cost))
     return sorted(runs, key=lambda run: -run.cost)
 
@@ -508,8 +510,8 @@ class Report:
         lines = [
             "## The learner asks for help (gated DAgger)",
             "",
-            f"DAgger from one expert roll-out as above, but the learner is an ensemble of {ASK_ENSEMBLE} networks that asks the expert",
-            f"only where they disagree, for at most {ASK_BUDGET:.0%} of its steps (`run.ensemble_size={ASK_ENSEMBLE} run.help.mode=ask "
+            f"DAgger from one expert roll-out as above, but the learner is an ensemble of {ENSEMBLE} networks that asks the expert",
+            f"only where they disagree, for at most {ASK_BUDGET:.0%} of its steps (`run.ensemble_size={ENSEMBLE} run.help.mode=ask "
             f"run.help.budget={ASK_BUDGET}`);",
             "only those steps are labelled and learned from. Expert labels include round 0's roll-out. Target (issue 11): 95% of",
             "the expert with at most half the labels plain DAgger needed, in this report and in imitation's figures. Both start",
