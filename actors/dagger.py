@@ -128,7 +128,7 @@ class DAggerTraining:
             observations, labels = transitions(episodes, demonstrations_only=True)
             _train, validation = split_validation(len(observations), cfg.validation_fraction, generator)
             history = train_epochs(model, optimizer, observations, labels, validation, cfg.epochs, cfg.batch_size, generator,
-                                   first_epoch=epoch, description=f"round {round_index} epochs")
+                                   first_epoch=epoch, description=f"round {round_index} epochs", average_epochs=cfg.average_epochs)
             epoch += cfg.epochs
             log_epochs(run_session, history)
             await model.store(registry, round=round_index, validation_loss=history[-1].validation)

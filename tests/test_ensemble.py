@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,35 @@ def test_the_learners_train_with_fused_adam_and_without_denormals():
     model = ImitationModel("m", environment_specs("Pendulum-v1"), [8])
     optimizer = model.network.adam(1e-3)
     assert optimizer.defaults["fused"] is True and optimizer.defaults["lr"] == 1e-3
+
+
+class RecordingAdam(torch.optim.Adam):
+    """Adam that keeps a copy of the weights after each of its steps."""
+
+    def __init__(self, parameters, lr: float) -> None:
+        super().__init__(parameters, lr=lr)
+        self.snapshots: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.snapshots.append([parameter.detach().clone() for group in self.param_groups for parameter in group["params"]])
+        return loss
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_training_ends_with_the_weights_averaged_over_its_last_epochs(members):
+    torch.manual_seed(0)
+    model = ImitationModel("averaged", environment_specs("Hopper-v4"), [16], ensemble_size=members)
+    generator = torch.Generator().manual_seed(0)
+    observations = torch.rand(100, 11, generator=generator)
+    labels = observations[:, :3] * 2
+    model.fit_normalization(observations)
+    optimizer = RecordingAdam(model.network.parameters(), lr=1e-2)
+    _train, validation = split_validation(len(observations), 0.1, generator)
+    train_epochs(model, optimizer, observations, labels, validation, 5, 32, generator, average_epochs=2)
+    steps_per_epoch = math.ceil(90 / 32)
+    averaged_steps = optimizer.snapshots[-2 * steps_per_epoch :]
+    for index, parameter in enumerate(model.network.parameters()):
+        expected = torch.stack([snapshot[index] for snapshot in averaged_steps]).mean(dim=0)
+        torch.testing.assert_close(parameter.detach(), expected)
+        assert not torch.equal(parameter.detach(), optimizer.snapshots[-1][index])  # not merely the last step's weights

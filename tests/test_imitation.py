@@ -223,6 +223,8 @@ def test_a_wrong_task_or_expert_stops_main_before_anything_starts(tmp_path):
     missing = main_error(tmp_path, "+experiment=bc/hopper", f"expert.path={tmp_path / 'nowhere.pkl'}")
     assert "nowhere.pkl" in missing and "github.com/berkeleydeeprlcourse" in missing
     assert "bc/hopper" in main_error(tmp_path, "+experiment=bc/hoper")  # the available experiments are listed
+    too_many = main_error(tmp_path, "+experiment=dagger/hopper", f"expert.dir={EXPERTS}", "run.epochs=5", "run.average_epochs=6")
+    assert "run.average_epochs=6" in too_many and "run.epochs=5" in too_many
     assert "cannot be resumed" in main_error(tmp_path, "+experiment=dagger/hopper", f"expert.dir={EXPERTS}", "resume=some-run")
 
 
