@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from apprentice.datasets import Dataset, Episode, load_dataset
-from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, member_batches, use_small_network_settings
+from apprentice.ensemble import EnsembleMLP, EnsemblePolicy, WeightAverage, member_batches, use_small_network_settings
 from apprentice.experts import ExpertFileError, check_expert_fits, load_expert
 from apprentice.help import HelpMode, HelpSettings, add_help_request, gate_for
 from apprentice.model import RUN_FINISHED, Model
@@ -268,8 +267,8 @@ def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observ
     is a bare torch loop over tensors (bench/bc_training_speed.py compares the two).
 
     ``average_epochs`` > 0: the weights after every step of the last ``average_epochs`` epochs are
-    averaged (torch's ``AveragedModel``, stochastic weight averaging at a constant learning rate), and
-    the model ends with that average (the optimizer's moments are kept, so training can go on from
+    averaged (``apprentice.ensemble.WeightAverage``, stochastic weight averaging at a constant
+    learning rate), and the model ends with that average (the optimizer's moments are kept, so training can go on from
     it). Why: with a constant learning rate the weights keep wandering around a minimum, and on the
     locomotion tasks how often a snapshot falls swings with where it stopped (0 to ~7 falls in 50
     Walker2d episodes between DAgger rounds); their average falls as rarely as the expert does.
@@ -281,11 +280,11 @@ def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observ
     train_inputs, train_labels = inputs[training], labels[training]
     validation_inputs, validation_labels = inputs[validation], labels[validation]
     history = []
-    averaged: AveragedModel | None = None
+    average: WeightAverage | None = None
     last_epoch = first_epoch + epochs - 1
     for epoch in tqdm(range(first_epoch, first_epoch + epochs), desc=description, unit="epoch", leave=False):
-        if averaged is None and epoch > last_epoch - average_epochs:
-            averaged = AveragedModel(model.network)
+        if average is None and epoch > last_epoch - average_epochs:
+            average = WeightAverage(model.network)
         order = member_batches(len(train_inputs), model.ensemble_size, generator)  # (K, N)
         total, batches = 0.0, 0
         for start in range(0, order.shape[1], batch_size):
@@ -294,13 +293,11 @@ def train_epochs(model: ImitationModel, optimizer: torch.optim.Optimizer, observ
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model.network)
+            if average is not None:
+                average.update()
             total, batches = total + loss.item(), batches + 1
-        if averaged is not None and epoch == last_epoch:
-            with torch.no_grad():
-                for parameter, average in zip(model.network.parameters(), averaged.module.parameters()):
-                    parameter.copy_(average)
+        if average is not None and epoch == last_epoch:
+            average.load_into_network()
         with torch.no_grad():
             validation_loss = model.loss(validation_inputs, validation_labels).item() if len(validation_inputs) else float("nan")
         history.append(EpochLosses(epoch, total / max(batches, 1), validation_loss))

@@ -1,4 +1,5 @@
-"""Benchmark: what two torch settings of ``apprentice.ensemble`` are worth to the learners' training.
+"""Benchmark: what two torch settings of ``apprentice.ensemble`` are worth to the learners' training, and
+what the weight averaging of ``run.average_epochs`` costs it.
 
     .venv/bin/python bench/training_kernels.py [--repeats 3] [--dataset RUN.npz]
 
@@ -14,6 +15,11 @@ repeat to the next), one torch thread, the learners' default network (2x256 ReLU
    (``python -m apprentice.export RUN_ID --format npz RUN.npz``; e.g. the 250 Ant roll-outs of
    ``+experiment=bc/ant``). The slowdown grows as training goes on, so the speed of the last
    window of 32,000 samples is printed besides the whole run's.
+3. **Weight averaging** (``actors.bc.train_epochs`` with ``run.average_epochs``:
+   ``apprentice.ensemble.WeightAverage.update`` after each step of the averaged epochs) against plain steps,
+   for one network and for an ensemble of 5, on the data of 1.: training samples/s of each. Only
+   the last ``average_epochs`` epochs of a training pay it (by default 1 of BC's 100 or 50, or of a
+   DAgger round's 40 or 20).
 
 It prints numbers and checks nothing; docs/benchmarks.md has the results.
 """
@@ -27,18 +33,21 @@ import time
 import numpy as np
 import torch
 
-from apprentice.ensemble import EnsembleMLP, use_small_network_settings
+from apprentice.ensemble import EnsembleMLP, WeightAverage, use_small_network_settings
 
 HIDDEN = [256, 256]
 BATCH_SIZE = 32
 WINDOW = 32_000  # samples per speed reading
 
 
-def train_speed(inputs: torch.Tensor, targets: torch.Tensor, members: int, fused: bool, samples: int, seed: int) -> tuple[float, float]:
-    """(samples/s over the whole run, samples/s over its last window) of Adam on MSE, batches drawn at random."""
+def train_speed(inputs: torch.Tensor, targets: torch.Tensor, members: int, fused: bool, samples: int, seed: int,
+                averaged: bool = False) -> tuple[float, float]:
+    """(samples/s over the whole run, samples/s over its last window) of Adam on MSE, batches drawn at random;
+    ``averaged``: each step also updates a running average of the weights, as ``train_epochs`` does in its averaged epochs."""
     torch.manual_seed(seed)
     network = EnsembleMLP([inputs.shape[1], *HIDDEN, targets.shape[1]], members)
     optimizer = network.adam(1e-3) if fused else torch.optim.Adam(network.parameters(), lr=1e-3)
+    average = WeightAverage(network) if averaged else None
     generator = torch.Generator().manual_seed(seed)
     started = window_started = time.perf_counter()
     last_window = float("nan")
@@ -48,10 +57,27 @@ def train_speed(inputs: torch.Tensor, targets: torch.Tensor, members: int, fused
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update()
         if (done + BATCH_SIZE) % WINDOW == 0:
             now = time.perf_counter()
             last_window, window_started = WINDOW / (now - window_started), now
     return samples / (time.perf_counter() - started), last_window
+
+
+def compare_settings(repeats: int, names: tuple[str, str], speed) -> None:
+    """Print the samples/s ratio of ``speed(members, True, seed)`` to ``speed(members, False, seed)`` for 1 and 5 members,
+    ``repeats`` times, alternating which runs first; ``names`` are the two settings' (off, on)."""
+    off, on = names
+    for members in (1, 5):
+        ratios = []
+        for repeat in range(repeats):
+            speeds = {}
+            for setting in (repeat % 2 == 0, repeat % 2 == 1):
+                speeds[setting], _ = speed(members, setting, repeat)
+            ratios.append(speeds[True] / speeds[False])
+            print(f"   {members} member(s), repeat {repeat + 1}: {off} {speeds[False]:8.0f}  {on} {speeds[True]:8.0f}  {on} / {off} {ratios[-1]:.2f}")
+        print(f"   {members} member(s): median {on} / {off} {statistics.median(ratios):.2f}")
 
 
 def main() -> None:
@@ -65,15 +91,8 @@ def main() -> None:
 
     hopper_inputs, hopper_targets = torch.randn(20_000, 11, generator=generator), torch.randn(20_000, 3, generator=generator)
     print("1. Adam: default (per-tensor loop) against fused, samples/s")
-    for members in (1, 5):
-        ratios = []
-        for repeat in range(args.repeats):
-            speeds = {}
-            for fused in (repeat % 2 == 0, repeat % 2 == 1):
-                speeds[fused], _ = train_speed(hopper_inputs, hopper_targets, members, fused, 20_000, repeat)
-            ratios.append(speeds[True] / speeds[False])
-            print(f"   {members} member(s), repeat {repeat + 1}: default {speeds[False]:8.0f}  fused {speeds[True]:8.0f}  fused / default {ratios[-1]:.2f}")
-        print(f"   {members} member(s): median fused / default {statistics.median(ratios):.2f}")
+    compare_settings(args.repeats, ("default", "fused"),
+                     lambda members, fused, seed: train_speed(hopper_inputs, hopper_targets, members, fused, 20_000, seed))
 
     if args.dataset:
         arrays = np.load(args.dataset)
@@ -97,6 +116,10 @@ def main() -> None:
         print(f"   repeat {repeat + 1}: kept {speeds[False][0]:8.0f} / {speeds[False][1]:8.0f}  flushed {speeds[True][0]:8.0f} / "
               f"{speeds[True][1]:8.0f}  flushed / kept {ratios[-1]:.2f} / {last_ratios[-1]:.2f}")
     print(f"   median flushed / kept: {statistics.median(ratios):.2f} over the run, {statistics.median(last_ratios):.2f} in its last window")
+
+    print("3. Weight averaging: plain steps against steps that also update the average, samples/s")
+    compare_settings(args.repeats, ("plain", "averaged"),
+                     lambda members, averaged, seed: train_speed(hopper_inputs, hopper_targets, members, True, 20_000, seed, averaged))
 
 
 if __name__ == "__main__":
