@@ -135,8 +135,9 @@ ENSEMBLE = 5
 ASK_TASKS = ("hopper", "half_cheetah", "walker2d", "ant")
 ASK_BUDGET = 0.05
 # One-roll-out BC is also run with the ensemble: on Ant (run by hand, 8 seeds, before run.average_epochs) it cloned
-# 4,597 against one network's 4,484. With the weights averaged over the last epoch one network clones 4,564 and the
-# ensemble 4,608 (docs/results.md, 3 seeds); the ensemble is worse on Hopper (the cause was not looked into).
+# 4,597 against one network's 4,484. With the weights averaged over the last epoch, in two reports of 3 seeds that
+# differ only in the averaging's float rounding, one network cloned 4,564 and 4,443 (imitation: 4,508), the ensemble
+# 4,608 and 4,594. The ensemble is worse on Hopper (the cause was not looked into).
 
 
 def plan_runs(tasks: list[str], seeds: int, quick: bool, composed: dict) -> list[RunSpec]:
